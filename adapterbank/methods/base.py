@@ -1,0 +1,105 @@
+"""The method protocol: what every tuning method provides, and the stacked-per-task module they all build on."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from adapterbank.errors import AdapterBankError
+from adapterbank.routing import TaskRouter
+
+
+class TaskModule(nn.Module):
+    """A module whose own parameters are stacked along a leading task axis, so one instance serves many tasks.
+
+    Subclasses wrap a frozen `base` module (if any) and implement `merged(task)`.
+    """
+
+    def __init__(self, router: TaskRouter) -> None:
+        super().__init__()
+        object.__setattr__(self, "router", router)  # shared, not a submodule
+
+    @property
+    def num_tasks(self) -> int:
+        return self.router.num_tasks
+
+    def task_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return self.named_parameters(recurse=False)
+
+    def task_state(self, task: int) -> dict[str, torch.Tensor]:
+        return {name: p[task].detach().clone() for name, p in self.task_parameters()}
+
+    def load_task_state(self, task: int, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+        for name, p in self.task_parameters():
+            copy_checked(p[task], tensors, prefix + name)
+
+    def merged(self, task: int) -> nn.Module:
+        """A plain module equal to this one for `task`, computed from the fp32 masters."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be merged")
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """Base of every method's configuration; fields are the method's hyper-parameters with paper defaults."""
+
+    def validate(self) -> None:
+        """Refuse values the method cannot work with (AdapterBankError, one line)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Method:
+    """A parameter-efficient tuning method: `attach` inserts its modules; state/load_state/merge are generic
+    over TaskModules, so a method only says where its modules go and how each one merges."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    config_type: ClassVar[type[MethodConfig]] = MethodConfig
+    mergeable: ClassVar[bool] = True
+    supports_mixed_tasks: ClassVar[bool] = True
+    trains_backbone: ClassVar[bool] = False
+
+    def attach(self, model: nn.Module, config: MethodConfig, router: TaskRouter) -> None:
+        """Wrap the modules this method tunes (the classifier is handled by the caller)."""
+
+    def state(self, model: nn.Module, task: int) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for path, module in task_modules(model):
+            out.update({f"{path}.{k}": v for k, v in module.task_state(task).items()})
+        return out
+
+    def load_state(self, model: nn.Module, tensors: dict[str, torch.Tensor], task: int) -> None:
+        expected = set()
+        for path, module in task_modules(model):
+            module.load_task_state(task, tensors, f"{path}.")
+            expected.update(f"{path}.{k}" for k in module.task_state(task))
+        extra = sorted(set(tensors) - expected)
+        if extra:
+            raise AdapterBankError(f"unexpected tensor '{extra[0]}' for method {self.name}")
+
+    def merge(self, model: nn.Module, task: int) -> nn.Module:
+        merged = copy.deepcopy(model)
+        for path, module in task_modules(merged):
+            merged.set_submodule(path, module.merged(task))
+        return merged
+
+
+def copy_checked(destination: torch.Tensor, tensors: dict[str, torch.Tensor], key: str) -> None:
+    """Copy tensors[key] into `destination`, refusing a missing or mis-shaped tensor by name."""
+    value = tensors.get(key)
+    if value is None:
+        raise AdapterBankError(f"missing tensor '{key}'")
+    if tuple(value.shape) != tuple(destination.shape):
+        raise AdapterBankError(f"tensor '{key}' has shape {tuple(value.shape)}, expected {tuple(destination.shape)}")
+    with torch.no_grad():
+        destination.copy_(value.to(destination.dtype))
+
+
+def task_modules(model: nn.Module) -> list[tuple[str, TaskModule]]:
+    return [(path, m) for path, m in model.named_modules() if isinstance(m, TaskModule)]

@@ -1,0 +1,53 @@
+"""Per-task classifiers stacked in one module; tasks may have different class counts (padded, masked to -inf)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adapterbank.methods.base import TaskModule, copy_checked
+from adapterbank.routing import TaskRouter
+
+
+class TaskHead(TaskModule):
+    """Linear heads for T tasks: weight (T, Cmax, D), bias (T, Cmax); logits past a task's classes are -inf."""
+
+    def __init__(self, in_features: int, num_classes: Sequence[int], router: TaskRouter) -> None:
+        super().__init__(router)
+        self.num_classes = list(num_classes)
+        c_max = max(self.num_classes)
+        self.weight = nn.Parameter(torch.zeros(len(self.num_classes), c_max, in_features))
+        self.bias = nn.Parameter(torch.zeros(len(self.num_classes), c_max))
+        valid = torch.arange(c_max)[None, :] < torch.tensor(self.num_classes)[:, None]
+        self.register_buffer("valid", valid, persistent=False)
+        with torch.no_grad():
+            for t, c in enumerate(self.num_classes):
+                nn.init.trunc_normal_(self.weight[t, :c], std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.router.rows(x.shape[0])
+        if rows is None:
+            c = self.num_classes[0]
+            return F.linear(x, self.weight[0, :c], self.bias[0, :c])
+        logits = torch.einsum("bd,bcd->bc", x, self.weight.index_select(0, rows)) + self.bias.index_select(0, rows)
+        return logits.masked_fill(~self.valid.index_select(0, rows), float("-inf"))
+
+    def task_state(self, task: int) -> dict[str, torch.Tensor]:
+        c = self.num_classes[task]
+        return {"weight": self.weight[task, :c].detach().clone(), "bias": self.bias[task, :c].detach().clone()}
+
+    def load_task_state(self, task: int, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+        c = self.num_classes[task]
+        copy_checked(self.weight[task, :c], tensors, prefix + "weight")
+        copy_checked(self.bias[task, :c], tensors, prefix + "bias")
+
+    def merged(self, task: int) -> nn.Linear:
+        c = self.num_classes[task]
+        linear = nn.Linear(self.weight.shape[-1], c)
+        with torch.no_grad():
+            linear.weight.copy_(self.weight[task, :c])
+            linear.bias.copy_(self.bias[task, :c])
+        return linear.to(self.weight.device)

@@ -1,0 +1,124 @@
+"""SNELL (Shen et al., NeurIPS 2024): sparse tuning with kernelized LoRA (METHODS.md 1).
+
+Per matrix, low-rank A (P, n, r/P) and B (P, m, r/P) define a full-rank delta through the piecewise-linear distance
+kernel S = sum_p alpha_p * cdist(A_p, B_p) with P = 2, alpha = (+0.1, -0.1). Every forward keeps only the (1 - s)
+largest |S| entries: hard threshold with the magnitude factor as the released code (S * |S| * 1[|S| > tau]), or
+the paper's soft threshold (S * max(|S| - tau, 0)). tau is the k-th smallest |S| (kthvalue, not quantile, which
+refuses > 2^24 entries). The dense n x m delta is recomputed in backward instead of being stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from timm.layers import DropPath
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from adapterbank.errors import AdapterBankError
+from adapterbank.methods.base import Method, MethodConfig
+from adapterbank.methods.placements import delta_targets
+from adapterbank.methods.pointwise import PointwiseDelta
+from adapterbank.routing import TaskRouter
+
+PIECES = 2
+
+
+@dataclasses.dataclass
+class SNELLConfig(MethodConfig):
+    rank: int = 8
+    sparsity: float = 0.5  # fraction of delta entries zeroed each forward; 0 = dense kernel LoRA (KLoRA)
+    threshold: str = "hard"  # "hard": released code; "soft": paper Eq. 5
+    kernel_scale: float = 0.1  # alpha_p = kernel_scale * (+1, -1), fixed as in the released code
+    dropout: float = 0.1  # on the delta branch input, released code default
+    drop_path: float = 0.1  # per-sample drop of the whole delta branch, released code default
+    recompute: bool = True  # recompute the dense delta in backward (SNELL's memory saving)
+
+    def validate(self) -> None:
+        if not isinstance(self.rank, int) or self.rank < PIECES or self.rank % PIECES:
+            raise AdapterBankError(
+                f"SNELL rank must be a positive even integer (split over {PIECES} kernel pieces), got {self.rank}"
+            )
+        if not 0.0 <= self.sparsity < 1.0:
+            raise AdapterBankError(f"SNELL sparsity must be in [0, 1), got {self.sparsity}")
+        if self.threshold not in ("hard", "soft"):
+            raise AdapterBankError(f"SNELL threshold must be 'hard' or 'soft', got '{self.threshold}'")
+        for name in ("dropout", "drop_path"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise AdapterBankError(f"SNELL {name} must be in [0, 1), got {getattr(self, name)}")
+
+
+def kernel_matrix(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """a: (S, P, n, d), b: (S, P, m, d) -> (S, n, m) with K_ij = sum_p alpha_p ||a_pi - b_pj||."""
+    s, p, n, _ = a.shape
+    m = b.shape[2]
+    dist = torch.cdist(a.flatten(0, 1), b.flatten(0, 1)).view(s, p, n, m)
+    return torch.einsum("spnm,p->snm", dist, alpha)
+
+
+def sparsify(k: torch.Tensor, sparsity: float, soft: bool) -> torch.Tensor:
+    """Zero the floor(s * n * m) smallest-magnitude entries of each (n, m) matrix, weighting the survivors."""
+    count = int(sparsity * k.shape[1] * k.shape[2])
+    if count == 0:
+        return k
+    magnitude = k.detach().abs()
+    tau = magnitude.flatten(1).kthvalue(count, dim=1).values.view(-1, 1, 1)
+    factor = (magnitude - tau).clamp_min(0) if soft else magnitude * (magnitude > tau)
+    return k * factor
+
+
+def sparse_kernel_delta(
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, sparsity: float, soft: bool
+) -> torch.Tensor:
+    """x: (..., n) -> (..., S * m): x @ sparsified kernel delta for each of the S blocks."""
+    weights = sparsify(kernel_matrix(a, b, alpha), sparsity, soft)
+    return torch.einsum("...n,snm->...sm", x, weights).flatten(-2)
+
+
+class KernelSparseDelta(PointwiseDelta):
+    def __init__(self, base: nn.Module, router: TaskRouter, splits: int, config: SNELLConfig) -> None:
+        super().__init__(base, router, splits)
+        t, d, n, m = router.num_tasks, config.rank // PIECES, self.in_features, self.block_out
+        # kaiming_uniform_(a=sqrt(5)) on the 3-D (P, n, d) tensors: U(+-1/sqrt(n * d))
+        self.snell_A = nn.Parameter(torch.empty(t, splits, PIECES, n, d).uniform_(-1, 1) / math.sqrt(n * d))
+        self.snell_B = nn.Parameter(torch.empty(t, splits, PIECES, m, d).uniform_(-1, 1) / math.sqrt(m * d))
+        signs = torch.tensor([(-1.0) ** p for p in range(PIECES)])
+        self.register_buffer("alpha", config.kernel_scale * signs, persistent=False)
+        self.sparsity = config.sparsity
+        self.soft = config.threshold == "soft"
+        self.recompute = config.recompute
+        self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
+        self.drop_path = DropPath(config.drop_path) if config.drop_path else nn.Identity()
+
+    def _task_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        args = (x, self.snell_A[task], self.snell_B[task], self.alpha, self.sparsity, self.soft)
+        if self.recompute and torch.is_grad_enabled() and self.snell_A.requires_grad:
+            return checkpoint(sparse_kernel_delta, *args, use_reentrant=False)
+        return sparse_kernel_delta(*args)
+
+    def delta(self, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        x = self.dropout(x)
+        if rows is None:
+            return self.drop_path(self._task_delta(x, 0))
+        out = x.new_zeros(*x.shape[:-1], self.splits * self.block_out)
+        for task in rows.unique().tolist():
+            selected = (rows == task).nonzero().squeeze(1)
+            out = out.index_add(0, selected, self._task_delta(x.index_select(0, selected), task))
+        return self.drop_path(out)
+
+    def delta_weight(self, task: int) -> torch.Tensor:
+        weights = sparsify(kernel_matrix(self.snell_A[task].float(), self.snell_B[task].float(), self.alpha),
+                           self.sparsity, self.soft)
+        return weights.transpose(1, 2).reshape(-1, self.in_features)
+
+
+class SNELL(Method):
+    name = "snell"
+    summary = "kernelized sparse weight deltas (Shen et al. 2024); merges into the backbone"
+    config_type = SNELLConfig
+
+    def attach(self, model: nn.Module, config: SNELLConfig, router: TaskRouter) -> None:
+        for path, splits in delta_targets(model):
+            model.set_submodule(path, KernelSparseDelta(model.get_submodule(path), router, splits, config))

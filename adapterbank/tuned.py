@@ -1,0 +1,122 @@
+"""A backbone with one method attached for one or many tasks: the object training, export and serving share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from adapterbank.backbones import classifier_path, create_backbone
+from adapterbank.errors import AdapterBankError
+from adapterbank.methods import get_method, make_config
+from adapterbank.methods.base import task_modules
+from adapterbank.methods.head import TaskHead
+from adapterbank.routing import TaskRouter
+
+
+class TunedModel(nn.Module):
+    """`model(images, task_ids)`: each sample computed with its own task's parameters.
+
+    `num_classes` has one entry per task; with one task, `task_ids` may be omitted.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        arch: str,
+        method: str,
+        num_classes: Sequence[int],
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.arch = arch
+        self.method = get_method(method)
+        self.config = make_config(self.method, options)
+        self.num_classes = [int(c) for c in num_classes]
+        if not self.num_classes or min(self.num_classes) < 1:
+            raise AdapterBankError(f"every task needs at least one class, got {self.num_classes}")
+        if len(self.num_classes) > 1 and not self.method.supports_mixed_tasks:
+            raise AdapterBankError(f"method {method} owns a whole backbone per task; it cannot hold several tasks")
+        self.router = TaskRouter(len(self.num_classes))
+        backbone.requires_grad_(False)
+        head_path = classifier_path(backbone)
+        backbone.reset_classifier(1)
+        in_features = backbone.get_submodule(head_path).in_features
+        backbone.set_submodule(head_path, TaskHead(in_features, self.num_classes, self.router))
+        self.method.attach(backbone, self.config, self.router)
+        self.model = backbone
+        self._set_trainable()
+
+    def _set_trainable(self) -> None:
+        self.model.requires_grad_(self.method.trains_backbone)
+        for _, module in task_modules(self.model):
+            for _, p in module.named_parameters(recurse=False):
+                p.requires_grad_(True)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.num_classes)
+
+    def forward(self, images: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if task_ids is not None:
+            task_ids = task_ids.to(device=images.device, dtype=torch.long).reshape(-1)
+            if task_ids.shape[0] != images.shape[0]:
+                raise AdapterBankError(f"{images.shape[0]} images but {task_ids.shape[0]} task ids")
+            if not torch.jit.is_tracing() and task_ids.numel() and not (
+                int(task_ids.min()) >= 0 and int(task_ids.max()) < self.num_tasks
+            ):
+                raise AdapterBankError(f"task ids must be in [0, {self.num_tasks}), got {task_ids.tolist()}")
+        elif self.num_tasks > 1:
+            raise AdapterBankError(f"this model holds {self.num_tasks} tasks: pass task_ids")
+        with self.router.route(task_ids):
+            return self.model(images)
+
+    def train(self, mode: bool = True) -> TunedModel:
+        """Frozen BatchNorm layers keep their running statistics: only `full` updates them."""
+        super().train(mode)
+        if mode and not self.method.trains_backbone:
+            for module in self.model.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def num_trainable(self, include_head: bool = True) -> int:
+        """Trainable numbers of one task (head included or not)."""
+        per_task = self.state(0)
+        head = classifier_path(self.model)
+        return sum(v.numel() for k, v in per_task.items() if include_head or not k.startswith(head + "."))
+
+    def state(self, task: int = 0) -> dict[str, torch.Tensor]:
+        """Exactly what the bank stores for `task`: the method's tensors and the head, fp32 masters."""
+        return self.method.state(self.model, task)
+
+    def load_state(self, tensors: dict[str, torch.Tensor], task: int = 0) -> None:
+        self.method.load_state(self.model, tensors, task)
+
+    def merge(self, task: int = 0) -> nn.Module:
+        """A plain timm model computing `task`: every mergeable tensor folded into the backbone's own weights."""
+        if not self.method.mergeable:
+            raise AdapterBankError(f"method {self.method.name} cannot be merged; export it with its extra ops")
+        return self.method.merge(self.model, task).eval()
+
+
+def tune(
+    arch: str,
+    method: str,
+    num_classes: int | Sequence[int],
+    checkpoint: str | Path | None = None,
+    pretrained: bool = False,
+    **options: Any,
+) -> TunedModel:
+    """Create a backbone by timm name (optionally from a local checkpoint) and attach `method` to it."""
+    classes = [num_classes] if isinstance(num_classes, int) else list(num_classes)
+    get_method(method)  # refuse an unknown method before building the backbone
+    backbone = create_backbone(arch, checkpoint=checkpoint, pretrained=pretrained)
+    return TunedModel(backbone, arch, method, classes, options)
