@@ -33,7 +33,7 @@ def check_backbone_name(arch: str) -> None:
     if timm.is_model(base):
         return
     names = timm.list_models()
-    close = difflib.get_close_matches(base, names, n=5, cutoff=0.5)
+    close = [n for n in names if n.startswith(base)][:5] or difflib.get_close_matches(base, names, n=5, cutoff=0.5)
     hint = f"did you mean: {', '.join(close)}? " if close else ""
     raise AdapterBankError(
         f"unknown backbone '{arch}': {hint}({len(names)} timm architectures; list them with "

@@ -43,10 +43,10 @@ class TunedModel(nn.Module):
             raise AdapterBankError(f"method {method} owns a whole backbone per task; it cannot hold several tasks")
         self.router = TaskRouter(len(self.num_classes))
         backbone.requires_grad_(False)
-        head_path = classifier_path(backbone)
+        self.head_path = classifier_path(backbone)
         backbone.reset_classifier(1)
-        in_features = backbone.get_submodule(head_path).in_features
-        backbone.set_submodule(head_path, TaskHead(in_features, self.num_classes, self.router))
+        in_features = backbone.get_submodule(self.head_path).in_features
+        backbone.set_submodule(self.head_path, TaskHead(in_features, self.num_classes, self.router))
         self.method.attach(backbone, self.config, self.router)
         self.model = backbone
         self._set_trainable()
@@ -66,8 +66,10 @@ class TunedModel(nn.Module):
             task_ids = task_ids.to(device=images.device, dtype=torch.long).reshape(-1)
             if task_ids.shape[0] != images.shape[0]:
                 raise AdapterBankError(f"{images.shape[0]} images but {task_ids.shape[0]} task ids")
-            if not torch.jit.is_tracing() and task_ids.numel() and not (
-                int(task_ids.min()) >= 0 and int(task_ids.max()) < self.num_tasks
+            if (
+                not torch.jit.is_tracing()
+                and task_ids.numel()
+                and not (int(task_ids.min()) >= 0 and int(task_ids.max()) < self.num_tasks)
             ):
                 raise AdapterBankError(f"task ids must be in [0, {self.num_tasks}), got {task_ids.tolist()}")
         elif self.num_tasks > 1:
@@ -88,10 +90,13 @@ class TunedModel(nn.Module):
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
 
     def num_trainable(self, include_head: bool = True) -> int:
-        """Trainable numbers of one task (head included or not)."""
-        per_task = self.state(0)
-        head = classifier_path(self.model)
-        return sum(v.numel() for k, v in per_task.items() if include_head or not k.startswith(head + "."))
+        """Trainable numbers of task 0 (head included or not); buffers such as BatchNorm statistics excluded."""
+        trainable = {name for name, _ in self.trainable_parameters()}
+        return sum(
+            v.numel()
+            for k, v in self.state(0).items()
+            if k in trainable and (include_head or not k.startswith(self.head_path + "."))
+        )
 
     def state(self, task: int = 0) -> dict[str, torch.Tensor]:
         """Exactly what the bank stores for `task`: the method's tensors and the head, fp32 masters."""

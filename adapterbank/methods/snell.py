@@ -109,8 +109,9 @@ class KernelSparseDelta(PointwiseDelta):
         return self.drop_path(out)
 
     def delta_weight(self, task: int) -> torch.Tensor:
-        weights = sparsify(kernel_matrix(self.snell_A[task].float(), self.snell_B[task].float(), self.alpha),
-                           self.sparsity, self.soft)
+        weights = sparsify(
+            kernel_matrix(self.snell_A[task].float(), self.snell_B[task].float(), self.alpha), self.sparsity, self.soft
+        )
         return weights.transpose(1, 2).reshape(-1, self.in_features)
 
 

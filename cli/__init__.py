@@ -1,0 +1,1 @@
+"""The `adapterbank` command line: a thin typer layer over the library."""

@@ -1,0 +1,80 @@
+"""Commands about backbones and methods: list them, and check a backbone x method combination end to end."""
+
+from __future__ import annotations
+
+import torch
+import typer
+from rich.table import Table
+
+from adapterbank.backbones import create_backbone, list_backbones
+from adapterbank.errors import AdapterBankError
+from adapterbank.inspection import inspect_method
+from adapterbank.methods import METHODS, get_method
+from adapterbank.weights import PACKAGED_ARCH, packaged_checkpoint
+from cli.output import console, human_count
+
+
+def methods() -> None:
+    """List the tuning methods."""
+    table = Table("method", "merges", "mixed-task batches", "what it tunes")
+    for name, cls in METHODS.items():
+        table.add_row(name, "yes" if cls.mergeable else "no", "yes" if cls.supports_mixed_tasks else "no", cls.summary)
+    console.print(table)
+
+
+def backbones(pattern: str = typer.Argument("*", help="Wildcard over timm names, e.g. 'vit_*'.")) -> None:
+    """List timm architectures usable as backbones."""
+    names = list_backbones(pattern)
+    if not names:
+        raise AdapterBankError(f"no timm architecture matches '{pattern}'")
+    console.print("\n".join(names))
+
+
+def inspect(
+    backbone: str = typer.Option(PACKAGED_ARCH, help="timm architecture name."),
+    checkpoint: str = typer.Option(
+        "packaged",
+        help="Weights file, 'packaged' (EfficientNet-Lite0 ImageNet weights from its pip package) or 'none'.",
+    ),
+    method: str = typer.Option("all", help="A method name, a comma-separated list, or 'all'."),
+    num_classes: int = typer.Option(10, min=1, help="Classes of the example task."),
+    rank: int | None = typer.Option(None, help="Rank for snell/lora."),
+    sparsity: float | None = typer.Option(None, help="SNELL sparsity s in [0, 1)."),
+    seed: int = typer.Option(0, help="Seed of the random task parameters and images."),
+) -> None:
+    """Attach methods to a backbone, perturb their parameters as training would, merge, and check the merge."""
+    names = list(METHODS) if method == "all" else [m.strip() for m in method.split(",")]
+    for name in names:
+        get_method(name)
+    if checkpoint == "packaged":
+        if backbone != PACKAGED_ARCH:
+            raise AdapterBankError(f"packaged weights are for {PACKAGED_ARCH}; pass --checkpoint FILE or 'none'")
+        weights = packaged_checkpoint()
+    else:
+        weights = None if checkpoint == "none" else checkpoint
+    torch.manual_seed(seed)
+    model = create_backbone(backbone, checkpoint=weights)
+    size = model.pretrained_cfg.get("input_size", (3, 224, 224))
+    images = torch.randn(2, *size, generator=torch.Generator().manual_seed(seed))
+    table = Table(
+        "method", "trainable / task", "% of backbone", "head", "merged == bare timm model", "max |logit diff|"
+    )
+    for name in names:
+        options = {
+            k: v
+            for k, v in (("rank", rank), ("sparsity", sparsity))
+            if k in METHODS[name].config_type.__dataclass_fields__
+        }
+        report = inspect_method(model, backbone, name, options, num_classes, images)
+        same = "n/a" if report.merged_same_as_bare is None else ("yes" if report.merged_same_as_bare else "NO")
+        diff = "n/a" if report.max_logit_diff is None else f"{report.max_logit_diff:.2e}"
+        share = 100.0 * report.trainable / report.backbone_params
+        table.add_row(name, human_count(report.trainable), f"{share:.3f}%", human_count(report.head), same, diff)
+    table.caption = f"{backbone} ({'random init' if weights is None else weights}); task tensors randomly perturbed"
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(methods)
+    app.command()(backbones)
+    app.command()(inspect)

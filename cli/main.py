@@ -1,0 +1,62 @@
+"""Entry point: builds the typer app and turns user errors into one line and a non-zero exit code."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from adapterbank.errors import AdapterBankError
+from cli import core_commands
+
+app = typer.Typer(
+    name="adapterbank",
+    help="Parameter-efficient tuning of one frozen vision backbone for many tasks.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    """Parameter-efficient tuning of one frozen vision backbone for many tasks."""
+
+
+core_commands.register(app)
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        result = app(args=args, prog_name="adapterbank", standalone_mode=False)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except AdapterBankError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {one_line(str(exc))}", err=True)
+        sys.exit(EXIT_USER_ERROR)
+    except Exception as exc:
+        if debug:
+            raise
+        typer.echo(
+            f"internal error: {type(exc).__name__}: {one_line(str(exc))[:300]} (rerun with --debug for the traceback)",
+            err=True,
+        )
+        sys.exit(EXIT_INTERNAL_ERROR)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+FAMILIES = ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "convnext_atto", "tf_efficientnet_lite0"]
+MERGEABLE = ["snell", "ssf", "lora", "bitfit"]
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `adapterbank ARGS` as a user would, in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=cwd or REPO, timeout=600
+    )
+
+
+def images(n: int, size: int = 224, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))

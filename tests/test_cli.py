@@ -1,0 +1,78 @@
+"""The CLI as users run it: methods working end to end, and bad input as one line with a non-zero exit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+
+from tests import checkpoint_formats as fmt
+from tests.conftest import run_cli
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_inspect_shows_every_method_merging_on_real_weights() -> None:
+    result = run_cli("inspect")
+    assert result.returncode == 0, result.stderr
+    for method in ("snell", "ssf", "lora", "bitfit", "linear", "full"):
+        row = next(line for line in result.stdout.splitlines() if f" {method} " in line)
+        assert " yes " in row
+    assert "efficientnet-lite0" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["inspect", "--method", "snel"], ["unknown method 'snel'", "snell, ssf, lora, bitfit, linear, full"]),
+        (["inspect", "--backbone", "vit_tiny", "--checkpoint", "none"], ["unknown backbone", "vit_tiny_patch16_224"]),
+        (
+            ["inspect", "--method", "snell", "--rank", "7", "--backbone", "convnext_atto", "--checkpoint", "none"],
+            ["even", "got 7"],
+        ),
+        (
+            [
+                "inspect",
+                "--method",
+                "snell",
+                "--sparsity",
+                "1.0",
+                "--backbone",
+                "convnext_atto",
+                "--checkpoint",
+                "none",
+            ],
+            ["[0, 1)"],
+        ),
+    ],
+)
+def test_bad_input_is_one_line(args: list[str], fragments: list[str]) -> None:
+    assert_one_line_error(run_cli(*args), *fragments)
+
+
+def test_misfit_checkpoint_from_cli(tmp_path: Path) -> None:
+    fmt.write_timm_pth(timm.create_model("vit_tiny_patch16_224"), tmp_path / "tiny.pth")
+    result = run_cli("inspect", "--backbone", "vit_small_patch16_224", "--checkpoint", str(tmp_path / "tiny.pth"))
+    assert_one_line_error(result, "does not fit vit_small_patch16_224", "cls_token")
+
+
+def test_debug_shows_the_traceback() -> None:
+    result = run_cli("--debug", "inspect", "--method", "snel")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "AdapterBankError" in result.stderr
+
+
+def test_methods_lists_all() -> None:
+    result = run_cli("methods")
+    assert result.returncode == 0
+    for method in ("snell", "ssf", "lora", "bitfit", "linear", "full"):
+        assert method in result.stdout

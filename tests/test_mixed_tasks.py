@@ -1,0 +1,72 @@
+"""One batch mixing tasks computes every sample with its own task's parameters."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from adapterbank import AdapterBankError, TunedModel, create_backbone, tune
+from adapterbank.inspection import perturb_task_parameters
+from tests.conftest import FAMILIES, MERGEABLE, images
+from tests.test_merge import assert_close_relative
+
+CLASSES = [5, 3, 7]
+TASK_IDS = torch.tensor([2, 0, 1, 2])
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+@pytest.mark.parametrize("method", [*MERGEABLE, "linear"])
+def test_mixed_batch_equals_each_sample_alone(arch: str, method: str) -> None:
+    model = tune(arch, method, CLASSES).eval()
+    perturb_task_parameters(model, std=0.05)
+    x = images(len(TASK_IDS))
+    with torch.no_grad():
+        mixed = model(x, TASK_IDS)
+        assert mixed.shape == (len(TASK_IDS), max(CLASSES))
+        for i, task in enumerate(TASK_IDS.tolist()):
+            c = CLASSES[task]
+            alone = model(x[i : i + 1], torch.tensor([task]))
+            assert_close_relative(mixed[i : i + 1, :c], alone[:, :c])
+            assert_close_relative(mixed[i : i + 1, :c], model.merge(task)(x[i : i + 1]))
+            assert torch.isneginf(mixed[i, c:]).all()
+
+
+def test_tasks_really_differ() -> None:
+    model = tune("vit_tiny_patch16_224", "ssf", [4, 4]).eval()
+    perturb_task_parameters(model, std=0.05)
+    x = images(1)
+    with torch.no_grad():
+        assert (model(x, torch.tensor([0])) - model(x, torch.tensor([1]))).abs().max() > 1e-3
+
+
+def test_state_round_trips_between_task_slots() -> None:
+    backbone = create_backbone("convnext_atto")
+    source = TunedModel(copy.deepcopy(backbone), "convnext_atto", "lora", [6]).eval()
+    perturb_task_parameters(source, std=0.05)
+    target = TunedModel(copy.deepcopy(backbone), "convnext_atto", "lora", [3, 6]).eval()
+    target.load_state(source.state(0), task=1)
+    x = images(2)
+    with torch.no_grad():
+        assert torch.allclose(target(x, torch.tensor([1, 1])), source(x), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_task_ids_and_full_refuse() -> None:
+    model = tune("vit_tiny_patch16_224", "bitfit", [2, 2]).eval()
+    with pytest.raises(AdapterBankError, match="task ids"):
+        model(images(1), torch.tensor([2]))
+    with pytest.raises(AdapterBankError, match="pass task_ids"):
+        model(images(1))
+    with pytest.raises(AdapterBankError, match="cannot hold several tasks"):
+        tune("vit_tiny_patch16_224", "full", [2, 2])
+
+
+def test_load_state_refuses_missing_and_misshaped() -> None:
+    model = tune("vit_tiny_patch16_224", "ssf", 4)
+    state = model.state(0)
+    key = "blocks.0.attn.qkv.ssf_scale"
+    with pytest.raises(AdapterBankError, match="missing tensor"):
+        model.load_state({k: v for k, v in state.items() if k != key})
+    with pytest.raises(AdapterBankError, match="has shape"):
+        model.load_state({**state, key: state[key][:-1]})

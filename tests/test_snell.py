@@ -1,0 +1,84 @@
+"""SNELL's defining properties: exact sparsity per matrix, gradients through the kernel, no stored dense delta."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adapterbank import AdapterBankError, tune
+from adapterbank.methods.snell import KernelSparseDelta
+from tests.conftest import images
+
+
+def snell_modules(model) -> list[KernelSparseDelta]:
+    return [m for m in model.model.modules() if isinstance(m, KernelSparseDelta)]
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.9, 0.995])
+@pytest.mark.parametrize("threshold", ["hard", "soft"])
+def test_zero_fraction_equals_sparsity_in_every_matrix(sparsity: float, threshold: str) -> None:
+    model = tune("vit_tiny_patch16_224", "snell", 3, sparsity=sparsity, threshold=threshold).eval()
+    for module in snell_modules(model):
+        with torch.no_grad():  # the forward path itself: identity input reads the delta matrix out row by row
+            delta = module.delta(torch.eye(module.in_features), None)
+        for block in delta.split(module.block_out, dim=1):
+            zeros = (block == 0).sum().item()
+            assert abs(zeros - sparsity * block.numel()) <= 1
+
+
+def test_sparsity_zero_is_dense_kernel_lora() -> None:
+    model = tune("vit_tiny_patch16_224", "snell", 3, sparsity=0.0).eval()
+    module = snell_modules(model)[0]
+    with torch.no_grad():
+        assert (module.delta(torch.eye(module.in_features), None) != 0).all()
+
+
+def test_gradients_reach_a_and_b() -> None:
+    model = tune("vit_tiny_patch16_224", "snell", 3, sparsity=0.7).train()
+    model(images(2)).logsumexp(-1).sum().backward()
+    for module in snell_modules(model):
+        assert module.snell_A.grad is not None and module.snell_A.grad.abs().sum() > 0
+        assert module.snell_B.grad is not None and module.snell_B.grad.abs().sum() > 0
+
+
+def _saved_dense_deltas(recompute: bool) -> int:
+    """How many tensors shaped like a dense SNELL delta autograd keeps from one training forward."""
+    model = tune("vit_tiny_patch16_224", "snell", 3, sparsity=0.5, recompute=recompute).train()
+    shapes = set()
+    for m in snell_modules(model):
+        n, out = m.in_features, m.block_out
+        shapes |= {(m.splits, n, out), (n, out), (out, n), (m.splits, out, n)}
+    found = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal found
+        found += int(t.requires_grad and tuple(t.shape) in shapes)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(images(2)).sum().backward()
+    return found
+
+
+def test_dense_delta_is_not_saved_for_backward() -> None:
+    assert _saved_dense_deltas(recompute=False) > 0  # the detector sees it when it is stored
+    assert _saved_dense_deltas(recompute=True) == 0
+
+
+def test_recompute_gives_the_same_gradients() -> None:
+    grads = []
+    for recompute in (True, False):
+        torch.manual_seed(1)
+        model = tune("convnext_atto", "snell", 3, recompute=recompute, dropout=0.0, drop_path=0.0).train()
+        model(images(2)).sum().backward()
+        grads.append(torch.cat([m.snell_A.grad.flatten() for m in snell_modules(model)]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"rank": 7}, "even"), ({"rank": 0}, "even"), ({"sparsity": 1.0}, r"\[0, 1\)"), ({"sparsity": -0.1}, r"\[0, 1\)")],
+)
+def test_bad_options_refused(options: dict, message: str) -> None:
+    with pytest.raises(AdapterBankError, match=message):
+        tune("vit_tiny_patch16_224", "snell", 3, **options)
