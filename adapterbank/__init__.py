@@ -1,20 +1,31 @@
-"""adapterbank: many tasks on one frozen vision backbone."""
+"""adapterbank: many tasks on one frozen vision backbone.
 
-from adapterbank.backbones import create_backbone, fingerprint, list_backbones
-from adapterbank.checkpoints import load_checkpoint
-from adapterbank.errors import AdapterBankError
-from adapterbank.methods import METHODS, get_method
-from adapterbank.tuned import TunedModel, tune
+Attributes load lazily, so torch-free parts (the bank store, the CLI's startup) do not import torch.
+"""
 
-__all__ = [
-    "METHODS",
-    "AdapterBankError",
-    "TunedModel",
-    "create_backbone",
-    "fingerprint",
-    "get_method",
-    "list_backbones",
-    "load_checkpoint",
-    "tune",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AdapterBankError": "adapterbank.errors",
+    "METHODS": "adapterbank.methods",
+    "get_method": "adapterbank.methods",
+    "create_backbone": "adapterbank.backbones",
+    "fingerprint": "adapterbank.backbones",
+    "list_backbones": "adapterbank.backbones",
+    "load_checkpoint": "adapterbank.checkpoints",
+    "TunedModel": "adapterbank.tuned",
+    "tune": "adapterbank.tuned",
+    "Bank": "adapterbank.bank",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'adapterbank' has no attribute '{name}'")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from adapterbank.backbones import classifier_path, create_backbone
+from adapterbank.backbones import classifier_path, create_backbone, fingerprint
 from adapterbank.errors import AdapterBankError
 from adapterbank.methods import get_method, make_config
 from adapterbank.methods.base import task_modules
@@ -31,8 +31,11 @@ class TunedModel(nn.Module):
         method: str,
         num_classes: Sequence[int],
         options: dict[str, Any] | None = None,
+        backbone_fingerprint: str | None = None,
     ) -> None:
         super().__init__()
+        # Identity of the frozen weights, taken before the method wraps them (or given by a caller who knows it).
+        self.backbone_fingerprint = backbone_fingerprint or fingerprint(backbone, arch)
         self.arch = arch
         self.method = get_method(method)
         self.config = make_config(self.method, options)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import torch
 import typer
 from rich.table import Table
 
-from adapterbank.backbones import create_backbone, list_backbones
 from adapterbank.errors import AdapterBankError
-from adapterbank.inspection import inspect_method
-from adapterbank.methods import METHODS, get_method
+from adapterbank.method_names import METHOD_NAMES
 from adapterbank.weights import PACKAGED_ARCH, packaged_checkpoint
 from cli.output import console, human_count
 
 
 def methods() -> None:
     """List the tuning methods."""
+    from adapterbank.methods import METHODS
+
     table = Table("method", "merges", "mixed-task batches", "what it tunes")
     for name, cls in METHODS.items():
         table.add_row(name, "yes" if cls.mergeable else "no", "yes" if cls.supports_mixed_tasks else "no", cls.summary)
@@ -24,6 +23,8 @@ def methods() -> None:
 
 def backbones(pattern: str = typer.Argument("*", help="Wildcard over timm names, e.g. 'vit_*'.")) -> None:
     """List timm architectures usable as backbones."""
+    from adapterbank.backbones import list_backbones
+
     names = list_backbones(pattern)
     if not names:
         raise AdapterBankError(f"no timm architecture matches '{pattern}'")
@@ -43,7 +44,13 @@ def inspect(
     seed: int = typer.Option(0, help="Seed of the random task parameters and images."),
 ) -> None:
     """Attach methods to a backbone, perturb their parameters as training would, merge, and check the merge."""
-    names = list(METHODS) if method == "all" else [m.strip() for m in method.split(",")]
+    import torch
+
+    from adapterbank.backbones import create_backbone
+    from adapterbank.inspection import inspect_method
+    from adapterbank.methods import METHODS, get_method
+
+    names = list(METHOD_NAMES) if method == "all" else [m.strip() for m in method.split(",")]
     for name in names:
         get_method(name)
     if checkpoint == "packaged":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from adapterbank.errors import AdapterBankError
+from adapterbank.method_names import METHOD_NAMES
 from adapterbank.methods.base import Method, MethodConfig
 from adapterbank.methods.baselines import Full, Linear
 from adapterbank.methods.bitfit import BitFit
@@ -13,6 +14,8 @@ from adapterbank.methods.snell import SNELL
 from adapterbank.methods.ssf import SSF
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SNELL, SSF, LoRA, BitFit, Linear, Full)}
+if tuple(METHODS) != METHOD_NAMES:
+    raise RuntimeError("adapterbank.method_names.METHOD_NAMES is out of date with the method registry")
 
 
 def get_method(name: str) -> Method:

@@ -1,0 +1,139 @@
+"""The bridge between the torch world and the store: banks from backbones, records from tuned models, and tuned
+models (one task or many) from a bank, with the backbone checked against its fingerprint."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from adapterbank.backbones import backbone_state, fingerprint
+from adapterbank.bank.store import BackboneIdentity, Bank, TaskRecord
+from adapterbank.errors import AdapterBankError
+from adapterbank.tuned import TunedModel
+
+
+def identity_of(model: nn.Module, arch: str, checkpoint: str) -> BackboneIdentity:
+    cfg = model.pretrained_cfg
+    return BackboneIdentity(
+        arch=arch,
+        fingerprint=fingerprint(model, arch),
+        input_size=tuple(int(v) for v in cfg.get("input_size", (3, 224, 224))),
+        mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        checkpoint=checkpoint,
+    )
+
+
+def create_bank(path: str | Path, model: nn.Module, arch: str, checkpoint: str) -> Bank:
+    """A bank for this backbone (or the existing one at `path`, if it holds the same backbone)."""
+    tensors = {k: v.detach().cpu().contiguous().numpy() for k, v in backbone_state(model).items()}
+    return Bank.create(path, identity_of(model, arch, checkpoint), tensors)
+
+
+def load_backbone(bank: Bank) -> nn.Module:
+    """The bank's frozen backbone, rebuilt from its own weights and checked against the fingerprint."""
+    identity = bank.identity
+    model = timm.create_model(identity.arch)
+    tensors = {k: torch.from_numpy(v.copy()) for k, v in bank.backbone_tensors().items()}
+    _missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if unexpected or fingerprint(model, identity.arch) != identity.fingerprint:
+        raise AdapterBankError(
+            f"bank '{bank.path}': backbone.safetensors does not match the bank's fingerprint (file replaced or corrupt)"
+        )
+    return model.eval()
+
+
+def task_record(
+    model: TunedModel,
+    name: str,
+    class_names: Sequence[str] | None = None,
+    task: int = 0,
+    metrics: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+) -> TaskRecord:
+    """What the bank stores for one task of `model`."""
+    count = model.num_classes[task]
+    names = [str(i) for i in range(count)] if class_names is None else [str(c) for c in class_names]
+    if len(names) != count:
+        raise AdapterBankError(f"task '{name}': {len(names)} class names for {count} classes")
+    return TaskRecord(
+        name=name,
+        method=model.method.name,
+        config=model.config.to_dict(),
+        tensors={k: v.detach().float().cpu().numpy() for k, v in model.state(task).items()},
+        class_names=names,
+        fingerprint=model.backbone_fingerprint,
+        metrics=dict(metrics or {}),
+        training=dict(training or {}),
+    )
+
+
+def load_tasks(
+    bank: Bank, names: Sequence[str], backbone: nn.Module | None = None
+) -> tuple[TunedModel, list[TaskRecord]]:
+    """One TunedModel holding `names` (all of one method and config) on the bank's backbone."""
+    records = [bank.load(name) for name in names]
+    first = records[0]
+    for record in records[1:]:
+        if (record.method, record.config) != (first.method, first.config):
+            raise AdapterBankError(
+                f"tasks '{first.name}' ({first.method}) and '{record.name}' ({record.method}) differ in method or "
+                f"config: load them into separate models"
+            )
+    base = load_backbone(bank) if backbone is None else backbone
+    classes = [len(r.class_names) for r in records]
+    model = TunedModel(base, bank.identity.arch, first.method, classes, first.config, bank.identity.fingerprint)
+    for index, record in enumerate(records):
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in record.tensors.items()}
+        try:
+            model.load_state(tensors, task=index)
+        except AdapterBankError as exc:
+            raise AdapterBankError(f"task '{record.name}': {exc}") from exc
+    return model.eval(), records
+
+
+def expected_shapes(arch: str, record: TaskRecord) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes the record's method and config need on this architecture (built on the meta device)."""
+    with torch.device("meta"):
+        backbone = timm.create_model(arch)
+        model = TunedModel(backbone, arch, record.method, [len(record.class_names)], record.config, "meta")
+    return {k: tuple(v.shape) for k, v in model.state(0).items()}
+
+
+def check_record_shapes(arch: str, record: TaskRecord) -> None:
+    expected = expected_shapes(arch, record)
+    for key, shape in expected.items():
+        if key not in record.shapes:
+            raise AdapterBankError(f"task '{record.name}': missing tensor '{key}'")
+        if tuple(record.shapes[key]) != shape:
+            raise AdapterBankError(
+                f"task '{record.name}': tensor '{key}' has shape {tuple(record.shapes[key])}, expected {shape}"
+            )
+    extra = sorted(set(record.shapes) - set(expected))
+    if extra:
+        raise AdapterBankError(f"task '{record.name}': unexpected tensor '{extra[0]}' for method {record.method}")
+
+
+def commit(bank: Bank, record: TaskRecord) -> TaskRecord:
+    """Validate against the bank, then shapes against the method, then commit atomically."""
+    check_record_shapes(bank.identity.arch, bank.check(record))
+    return bank.commit(record)
+
+
+def verify(bank: Bank) -> list[tuple[str, str]]:
+    """Checksums, fingerprints and shapes of every task: (task, problem) pairs."""
+    problems = []
+    for name in bank.tasks():
+        try:
+            check_record_shapes(bank.identity.arch, bank.load(name))
+        except AdapterBankError as exc:
+            problems.append((name, str(exc)))
+    return problems

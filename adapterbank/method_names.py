@@ -1,0 +1,3 @@
+"""Method names, importable without torch: the bank validates them without building models."""
+
+METHOD_NAMES = ("snell", "ssf", "lora", "bitfit", "linear", "full")
