@@ -92,6 +92,17 @@ class TunedModel(nn.Module):
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
 
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups as the papers: decay on matrices (SNELL/LoRA factors, head weights), none on vectors
+        (SSF scales and shifts, biases); a stacked task tensor counts by its per-task shape."""
+        stacked = {f"{path}.{n}" for path, m in task_modules(self.model) for n, _ in m.named_parameters(recurse=False)}
+        decay, no_decay = [], []
+        for name, p in self.trainable_parameters():
+            per_task_ndim = p.ndim - 1 if name in stacked else p.ndim
+            (decay if per_task_ndim >= 2 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+
     def num_trainable(self, include_head: bool = True) -> int:
         """Trainable numbers of task 0 (head included or not); buffers such as BatchNorm statistics excluded."""
         trainable = {name for name, _ in self.trainable_parameters()}

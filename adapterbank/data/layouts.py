@@ -1,0 +1,187 @@
+"""Reading a dataset folder: which layout it is, its splits, class names, and the papers' default splits.
+
+vtab         train800.txt, val200.txt, train800val200.txt, test.txt ('<relative path> <label>' lines)
+fgvc         train.json, val.json, test.json ({relative path: class id}; ids mapped to 0..C-1 sorted)
+imagefolder  <split>/<class name>/<file>
+csv          <split>.csv with 'path,label' rows (label: integer or class name)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapterbank.errors import AdapterBankError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# (train split, evaluation split) as the papers' protocols: VTAB-1k trains on train800val200 and tests on test.
+DEFAULT_SPLITS = {
+    "vtab": ("train800val200", "test"),
+    "fgvc": ("train", "test"),
+    "imagefolder": ("train", "test"),
+    "csv": ("train", "test"),
+}
+FALLBACK_EVAL = "val"
+
+
+@dataclass
+class Dataset:
+    root: Path
+    layout: str
+    class_names: list[str]
+    splits: dict[str, list[tuple[Path, int]]]
+
+    def split(self, name: str) -> list[tuple[Path, int]]:
+        if name not in self.splits:
+            raise AdapterBankError(f"dataset '{self.root}' has no split '{name}' (splits: {', '.join(self.splits)})")
+        samples = self.splits[name]
+        if not samples:
+            raise AdapterBankError(f"split '{name}' of dataset '{self.root}' is empty")
+        return samples
+
+    def default_splits(self) -> tuple[str, str]:
+        train, evaluation = DEFAULT_SPLITS[self.layout]
+        if evaluation not in self.splits and FALLBACK_EVAL in self.splits:
+            evaluation = FALLBACK_EVAL
+        return train, evaluation
+
+
+def detect_layout(root: Path) -> str:
+    if not root.is_dir():
+        raise AdapterBankError(f"data folder '{root}' does not exist")
+    if (root / "train800val200.txt").is_file() or (root / "train800.txt").is_file():
+        return "vtab"
+    if (root / "train.json").is_file():
+        return "fgvc"
+    if (root / "train.csv").is_file():
+        return "csv"
+    if (root / "train").is_dir():
+        return "imagefolder"
+    raise AdapterBankError(
+        f"cannot tell the layout of '{root}': expected VTAB-1k lists (train800val200.txt), FGVC json (train.json), "
+        f"train.csv, or an ImageFolder train/<class>/ tree"
+    )
+
+
+def open_dataset(root: str | Path) -> Dataset:
+    root = Path(root)
+    layout = detect_layout(root)
+    reader = {"vtab": _read_vtab, "fgvc": _read_fgvc, "imagefolder": _read_imagefolder, "csv": _read_csv}[layout]
+    dataset = reader(root)
+    for name, samples in dataset.splits.items():
+        missing = next((path for path, _ in samples if not path.is_file()), None)
+        if missing is not None:
+            raise AdapterBankError(f"split '{name}' of '{root}' names a missing image: {missing}")
+    return dataset
+
+
+def _read_vtab(root: Path) -> Dataset:
+    splits: dict[str, list[tuple[Path, int]]] = {}
+    for name in ("train800", "val200", "train800val200", "test"):
+        file = root / f"{name}.txt"
+        if not file.is_file():
+            continue
+        samples = []
+        for number, line in enumerate(file.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            path, _, label = line.strip().partition(" ")
+            if not label.strip().lstrip("-").isdigit():
+                raise AdapterBankError(f"{file}:{number}: expected '<path> <integer label>', got '{line.strip()}'")
+            samples.append((root / path, int(label)))
+        splits[name] = samples
+    labels = [label for samples in splits.values() for _, label in samples]
+    classes_file = root / "classes.txt"
+    names = (
+        [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
+        if classes_file.is_file()
+        else [str(i) for i in range(max(labels, default=-1) + 1)]
+    )
+    for name, samples in splits.items():
+        bad = next(((p, label) for p, label in samples if not 0 <= label < len(names)), None)
+        if bad is not None:
+            raise AdapterBankError(
+                f"{root / (name + '.txt')}: label {bad[1]} of {bad[0].name} is outside 0..{len(names) - 1}"
+            )
+    return Dataset(root, "vtab", names, splits)
+
+
+def _read_fgvc(root: Path) -> Dataset:
+    raw: dict[str, dict[str, int]] = {}
+    for name in ("train", "val", "test"):
+        file = root / f"{name}.json"
+        if file.is_file():
+            try:
+                raw[name] = {str(k): int(v) for k, v in json.loads(file.read_text()).items()}
+            except (ValueError, AttributeError) as exc:
+                raise AdapterBankError(f"{file}: expected a JSON object {{relative path: class id}} ({exc})") from exc
+    ids = sorted(set(raw["train"].values()))
+    index = {class_id: i for i, class_id in enumerate(ids)}
+    base = _image_base(root, next(iter(raw["train"]), ""))
+    splits = {}
+    for name, entries in raw.items():
+        unknown = sorted(set(entries.values()) - set(index))
+        if unknown:
+            raise AdapterBankError(f"{root / (name + '.json')}: class id {unknown[0]} does not occur in train.json")
+        splits[name] = [(base / path, index[class_id]) for path, class_id in entries.items()]
+    return Dataset(root, "fgvc", [str(i) for i in ids], splits)
+
+
+def _image_base(root: Path, first: str) -> Path:
+    """VPT's json paths are relative to the root or to its images/ (CUB, NABirds) or Images/ (Dogs) folder."""
+    for base in (root, root / "images", root / "Images"):
+        if (base / first).is_file():
+            return base
+    return root
+
+
+def _read_imagefolder(root: Path) -> Dataset:
+    split_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and d.name in ("train", "val", "test")]
+    names = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+    if not names:
+        raise AdapterBankError(f"ImageFolder '{root / 'train'}' has no class folders")
+    splits = {}
+    for split in split_dirs:
+        samples = []
+        for class_dir in sorted(d for d in split.iterdir() if d.is_dir()):
+            if class_dir.name not in names:
+                raise AdapterBankError(f"class folder '{class_dir}' does not exist under train/")
+            files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            samples.extend((p, names.index(class_dir.name)) for p in files)
+        splits[split.name] = samples
+    return Dataset(root, "imagefolder", names, splits)
+
+
+def _read_csv(root: Path) -> Dataset:
+    rows: dict[str, list[tuple[str, str]]] = {}
+    for name in ("train", "val", "test"):
+        file = root / f"{name}.csv"
+        if not file.is_file():
+            continue
+        with file.open(newline="") as f:
+            table = [row for row in csv.reader(f) if row]
+        if table and [c.strip().lower() for c in table[0][:2]] == ["path", "label"]:
+            table = table[1:]
+        bad = next((i for i, row in enumerate(table) if len(row) < 2), None)
+        if bad is not None:
+            raise AdapterBankError(f"{file}: row {bad + 1} is not 'path,label'")
+        rows[name] = [(row[0].strip(), row[1].strip()) for row in table]
+    labels = {label for entries in rows.values() for _, label in entries}
+    numeric = all(label.lstrip("-").isdigit() for label in labels)
+    if numeric:
+        values = sorted(int(label) for label in labels)
+        if values and values[0] < 0:
+            raise AdapterBankError(f"'{root}': negative label {values[0]} in a CSV split")
+        names = [str(i) for i in range(values[-1] + 1)] if values else []
+    else:
+        names = sorted({label for _, label in rows.get("train", [])})
+    index = {name: i for i, name in enumerate(names)}
+    splits = {}
+    for name, entries in rows.items():
+        unknown = next((label for _, label in entries if label not in index), None)
+        if unknown is not None:
+            raise AdapterBankError(f"{root / (name + '.csv')}: label '{unknown}' does not occur in train.csv")
+        splits[name] = [(root / path, index[label]) for path, label in entries]
+    return Dataset(root, "csv", names, splits)

@@ -1,0 +1,89 @@
+"""Training settings: defaults < recipe < command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from adapterbank.bank.store import check_task_name
+from adapterbank.errors import AdapterBankError
+from adapterbank.recipes import load_recipe
+
+DEFAULT_BACKBONE = "vit_base_patch16_224.orig_in21k"  # ViT-B/16 ImageNet-21k, as the papers
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    task: str
+    method: str
+    data: str
+    bank: str = "bank"
+    backbone: str | None = None  # None: the bank's backbone, or DEFAULT_BACKBONE for a new bank
+    checkpoint: str | None = None  # a weights file, or 'packaged' for EfficientNet-Lite0's pip package
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 10.0  # at most half of the run
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    label_smoothing: float = 0.0
+    augment: str | None = None  # 'none' or 'fgvc'; None: 'none' for VTAB-1k, 'fgvc' otherwise
+    image_size: int | None = None  # None: the backbone's input size
+    seed: int = 0
+    max_steps: int | None = None
+    eval_every: int = 10  # epochs; the last epoch is always evaluated
+    train_split: str | None = None
+    eval_split: str | None = None
+    num_workers: int = 2
+    checkpoint_every: int = 0  # steps between resume checkpoints; 0: at the end of every epoch only
+    resume: bool = False
+    recipe: str | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # method options: rank, sparsity, ...
+
+    def validate(self) -> None:
+        check_task_name(self.task)  # before hours of training, not at commit time
+        for name in ("epochs", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise AdapterBankError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise AdapterBankError(f"need lr > 0 and weight decay >= 0, got lr={self.lr}, wd={self.weight_decay}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise AdapterBankError(f"--max-steps must be at least 1, got {self.max_steps}")
+
+    def resume_key(self) -> dict[str, Any]:
+        """What must not change between a run and its resumption."""
+        keep = (
+            "task",
+            "method",
+            "data",
+            "epochs",
+            "batch_size",
+            "lr",
+            "weight_decay",
+            "seed",
+            "max_steps",
+            "image_size",
+            "augment",
+            "options",
+        )
+        return {k: getattr(self, k) for k in keep}
+
+
+FIELDS = {f.name for f in dataclasses.fields(TrainSettings)}
+
+
+def resolve(flags: dict[str, Any], method_options: dict[str, Any]) -> TrainSettings:
+    """Defaults, then the recipe (if any), then every flag the user gave (None means not given)."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    merged: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    if given.get("recipe"):
+        for key, value in load_recipe(given["recipe"], given["method"]).items():
+            (merged if key in FIELDS else options)[key] = value
+        given["recipe"] = merged.pop("recipe", given["recipe"])
+    merged.update(given)
+    options.update({k: v for k, v in method_options.items() if v is not None})
+    settings = TrainSettings(**merged, options=options)
+    settings.validate()
+    return settings

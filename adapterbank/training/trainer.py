@@ -1,0 +1,277 @@
+"""The DeepSpeed training loop: data, backbone from (or into) the bank, engine, evaluation, resume, commit."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adapterbank.backbones import create_backbone, fingerprint
+from adapterbank.bank.models import commit, create_bank, load_backbone, task_record
+from adapterbank.bank.store import Bank
+from adapterbank.data import open_dataset
+from adapterbank.data.images import ImageDataset, check_headers, unwrap_worker_error
+from adapterbank.data.layouts import Dataset
+from adapterbank.data.transforms import make_transform
+from adapterbank.errors import AdapterBankError
+from adapterbank.training.batches import epoch_batches, steps_per_epoch
+from adapterbank.training.distributed import ProcessInfo, barrier, setup_process
+from adapterbank.training.schedule import warmup_cosine
+from adapterbank.training.settings import DEFAULT_BACKBONE, TrainSettings
+from adapterbank.tuned import TunedModel
+from adapterbank.weights import packaged_checkpoint
+
+
+class Reporter(Protocol):
+    """Progress sink (the CLI draws a progress bar; the library default is silent)."""
+
+    def start(self, total_steps: int, done: int) -> None: ...
+    def step(self, done: int, loss: float, accuracy: float, images_per_second: float) -> None: ...
+    def evaluated(self, epoch: int, accuracy: float) -> None: ...
+
+
+class SilentReporter:
+    def start(self, total_steps: int, done: int) -> None:
+        pass
+
+    def step(self, done: int, loss: float, accuracy: float, images_per_second: float) -> None:
+        pass
+
+    def evaluated(self, epoch: int, accuracy: float) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    task: str
+    accuracy: float
+    n: int
+    split: str
+    steps: int
+    seconds: float
+    resumed_from: int
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+
+
+def device_for(info: ProcessInfo) -> torch.device:
+    return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 compute on GPUs that support it; parameters (the fp32 masters the bank stores) stay fp32."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _checkpoint_label(settings: TrainSettings) -> str:
+    if settings.checkpoint is None:
+        return "timm-pretrained"
+    return "packaged" if settings.checkpoint == "packaged" else Path(settings.checkpoint).name
+
+
+def _build_backbone(settings: TrainSettings, arch: str) -> nn.Module:
+    weights = packaged_checkpoint() if settings.checkpoint == "packaged" else settings.checkpoint
+    return create_backbone(arch, checkpoint=weights, pretrained=weights is None)
+
+
+def open_or_create_bank(settings: TrainSettings, info: ProcessInfo) -> tuple[Bank, nn.Module]:
+    """The bank's backbone if the bank exists (checked against --backbone/--checkpoint), else a new bank."""
+    path = Path(settings.bank)
+    if (path / "bank.h5").is_file():
+        bank = Bank(path)
+        arch = bank.identity.arch
+        if settings.backbone and settings.backbone.split(".")[0] != arch.split(".")[0]:
+            raise AdapterBankError(f"bank '{path}' holds {arch}, not {settings.backbone}; use another --bank")
+        if settings.checkpoint is not None:
+            given = _build_backbone(settings, arch)
+            if fingerprint(given, arch) != bank.identity.fingerprint:
+                raise AdapterBankError(f"--checkpoint weights differ from the backbone of bank '{path}'")
+        return bank, load_backbone(bank)
+    arch = settings.backbone or DEFAULT_BACKBONE
+    if info.is_main:
+        backbone = _build_backbone(settings, arch)
+        create_bank(path, backbone, arch, _checkpoint_label(settings))
+    barrier()
+    bank = Bank(path)
+    return bank, load_backbone(bank)
+
+
+def _loaders(
+    dataset: Dataset, settings: TrainSettings, bank: Bank
+) -> tuple[ImageDataset, ImageDataset, dict[str, Any]]:
+    """Train and eval sets, and the resolved preprocessing (recorded with the task so eval can repeat it)."""
+    train_split, eval_split = dataset.default_splits()
+    train_split, eval_split = settings.train_split or train_split, settings.eval_split or eval_split
+    train_samples, eval_samples = dataset.split(train_split), dataset.split(eval_split)
+    check_headers(train_samples)
+    check_headers(eval_samples)
+    identity = bank.identity
+    size = settings.image_size or identity.input_size[-1]
+    augment = settings.augment or ("none" if dataset.layout == "vtab" else "fgvc")
+    common = (size, identity.mean, identity.std, identity.crop_pct)
+    train = ImageDataset(train_samples, make_transform(augment, *common, training=True))
+    evaluation = ImageDataset(eval_samples, make_transform(augment, *common, training=False))
+    resolved = {"train_split": train_split, "eval_split": eval_split, "image_size": size, "augment": augment}
+    return train, evaluation, resolved
+
+
+def eval_loader(dataset: ImageDataset, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+
+
+@torch.no_grad()
+def evaluate(model: TunedModel, loader: torch.utils.data.DataLoader, device: torch.device) -> tuple[float, int]:
+    """Top-1 accuracy of a single-task model and the number of samples."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        for images, labels in loader:
+            with autocast(device):
+                logits = model(images.to(device))
+            correct += int((logits.argmax(-1).cpu() == labels).sum())
+            total += len(labels)
+    except AdapterBankError as exc:
+        raise unwrap_worker_error(exc) from exc
+    finally:
+        model.train(was_training)
+    return correct / max(total, 1), total
+
+
+def _batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    try:
+        yield from loader
+    except AdapterBankError as exc:
+        raise unwrap_worker_error(exc) from exc
+
+
+def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainResult:
+    """Train one task and commit it to the bank (rank 0). Resumable after a kill with settings.resume."""
+    reporter = reporter or SilentReporter()
+    info = setup_process()  # before deepspeed is imported: it picks its accelerator at import time
+    import deepspeed
+
+    dataset = open_dataset(settings.data)
+    bank, backbone = open_or_create_bank(settings, info)
+    train_set, eval_set, resolved = _loaders(dataset, settings, bank)
+    torch.manual_seed(settings.seed)
+    model = TunedModel(
+        backbone,
+        bank.identity.arch,
+        settings.method,
+        [len(dataset.class_names)],
+        settings.options,
+        bank.identity.fingerprint,
+    )
+    device = device_for(info)
+    per_epoch = steps_per_epoch(len(train_set), settings.batch_size, info.world_size)
+    total = min(settings.max_steps or per_epoch * settings.epochs, per_epoch * settings.epochs)
+    warmup = min(int(settings.warmup_epochs * per_epoch), total // 2)
+    optimizer = torch.optim.AdamW(model.param_groups(settings.weight_decay), lr=settings.lr, eps=1e-8)
+    scheduler = warmup_cosine(optimizer, total, warmup, settings.lr, settings.min_lr, settings.warmup_lr)
+    config = {
+        "train_micro_batch_size_per_gpu": settings.batch_size,
+        "gradient_accumulation_steps": 1,
+        "steps_per_print": 10**9,
+        "zero_optimization": {"stage": 0},
+        "wall_clock_breakdown": False,
+    }
+    engine, _, _, _ = deepspeed.initialize(
+        model=model.to(device), optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False
+    )
+    run_dir = Path(settings.bank) / ".runs" / settings.task
+    state = {"step": 0, "epoch": 0, "batch": 0, "evaluations": []}
+    if settings.resume and (run_dir / "latest").is_file():
+        _, client = engine.load_checkpoint(str(run_dir), load_module_strict=False)
+        if client.get("settings") != settings.resume_key():
+            raise AdapterBankError(
+                f"the checkpoint in '{run_dir}' was made with other settings; rerun without --resume"
+            )
+        state = {k: client[k] for k in state}
+        torch.set_rng_state(client["rng"])
+    resumed_from = state["step"]
+    evaluation_loader = eval_loader(eval_set, settings.batch_size, settings.num_workers)
+    reporter.start(total, state["step"])
+    started = time.perf_counter()
+    engine.train()
+    while state["step"] < total:
+        batches = epoch_batches(
+            len(train_set), settings.batch_size, state["epoch"], settings.seed, info.rank, info.world_size
+        )[state["batch"] :]
+        loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, num_workers=settings.num_workers)
+        tick = time.perf_counter()
+        for images, labels in _batches(loader):
+            images, labels = images.to(device), labels.to(device)
+            with autocast(device):
+                logits = engine(images)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=settings.label_smoothing)
+            engine.backward(loss)
+            engine.step()
+            state["step"] += 1
+            state["batch"] += 1
+            now = time.perf_counter()
+            accuracy = float((logits.argmax(-1) == labels).float().mean())
+            reporter.step(state["step"], loss.item(), accuracy, len(labels) * info.world_size / max(now - tick, 1e-9))
+            tick = now
+            if settings.checkpoint_every and state["step"] % settings.checkpoint_every == 0:
+                _save(engine, run_dir, state, settings, info)
+            if state["step"] >= total:
+                break
+        epoch_done = state["step"] >= total or state["batch"] >= per_epoch
+        if epoch_done:
+            state["epoch"] += 1
+            state["batch"] = 0
+            last = state["step"] >= total
+            if info.is_main and (last or state["epoch"] % settings.eval_every == 0):
+                accuracy, _ = evaluate(model, evaluation_loader, device)
+                state["evaluations"].append({"epoch": state["epoch"], "step": state["step"], "accuracy": accuracy})
+                reporter.evaluated(state["epoch"], accuracy)
+            if not last:
+                _save(engine, run_dir, state, settings, info)
+    seconds = time.perf_counter() - started
+    result = TrainResult(
+        settings.task, 0.0, 0, resolved["eval_split"], state["step"], seconds, resumed_from, state["evaluations"]
+    )
+    if info.is_main:
+        final = state["evaluations"][-1] if state["evaluations"] else None
+        if final is not None and final["step"] == state["step"]:
+            result.accuracy, result.n = final["accuracy"], len(eval_set)
+        else:
+            result.accuracy, result.n = evaluate(model, evaluation_loader, device)
+        best = max((e["accuracy"] for e in state["evaluations"]), default=result.accuracy)
+        metrics = {"accuracy": result.accuracy, "split": result.split, "n": result.n, "best_accuracy": best}
+        training = {
+            **asdict(settings),
+            **resolved,
+            "steps": state["step"],
+            "seconds": round(seconds, 2),
+            "world_size": info.world_size,
+            "layout": dataset.layout,
+            "evaluations": state["evaluations"],
+        }
+        commit(bank, task_record(model, settings.task, dataset.class_names, metrics=metrics, training=training))
+        shutil.rmtree(run_dir, ignore_errors=True)
+    barrier()
+    return result
+
+
+def _save(engine: Any, run_dir: Path, state: dict[str, Any], settings: TrainSettings, info: ProcessInfo) -> None:
+    """A resume point: trainable tensors, optimizer, scheduler, position in the data and the RNG state."""
+    client = {**state, "settings": settings.resume_key(), "rng": torch.get_rng_state()}
+    engine.save_checkpoint(
+        str(run_dir), tag=f"step{state['step']}", client_state=client, exclude_frozen_parameters=True
+    )
+    if info.is_main:
+        keep = {f"step{state['step']}"}
+        for old in run_dir.glob("step*"):
+            if old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)

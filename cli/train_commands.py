@@ -1,0 +1,174 @@
+"""`adapterbank train` and `adapterbank eval`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cli.output import console
+
+
+class ProgressReporter:
+    """A rich progress bar with loss, batch accuracy, throughput and ETA; evaluations printed as they happen."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]training"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("acc {task.fields[acc]:.3f}"),
+            TextColumn("{task.fields[ips]:.1f} img/s"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.bar = None
+
+    def start(self, total_steps: int, done: int) -> None:
+        self.progress.start()
+        self.bar = self.progress.add_task("train", total=total_steps, completed=done, loss=0.0, acc=0.0, ips=0.0)
+
+    def step(self, done: int, loss: float, accuracy: float, images_per_second: float) -> None:
+        self.progress.update(self.bar, completed=done, loss=loss, acc=accuracy, ips=images_per_second)
+
+    def evaluated(self, epoch: int, accuracy: float) -> None:
+        self.progress.console.print(f"epoch {epoch}: eval accuracy {accuracy:.4f}")
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def _relaunch(num_gpus: int | None, hostfile: Path | None) -> None:
+    """Run this same command under the deepspeed launcher, one process per GPU (and host)."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--num-gpus", "--hostfile"):
+            skip = True
+            continue
+        if arg.startswith(("--num-gpus=", "--hostfile=")):
+            continue
+        args.append(arg)
+    launcher = [sys.executable, "-m", "deepspeed.launcher.runner"]
+    if num_gpus is not None:
+        launcher += ["--num_gpus", str(num_gpus)]
+    if hostfile is not None:
+        launcher += ["--hostfile", str(hostfile)]
+    raise typer.Exit(subprocess.call([*launcher, "--module", "cli", *args]))
+
+
+def train(
+    task: str = typer.Option(..., "--task", help="Task name in the bank."),
+    method: str = typer.Option(..., "--method", help="snell, ssf, lora, bitfit, linear or full."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder (VTAB-1k lists, FGVC json, ImageFolder, CSV)."),
+    backbone: str | None = typer.Option(None, help="timm name (default: the bank's, or ViT-B/16 IN-21k)."),
+    checkpoint: str | None = typer.Option(None, help="Backbone weights file, or 'packaged' (EfficientNet-Lite0)."),
+    bank: Path = typer.Option(Path("bank"), "--bank", help="Bank folder."),
+    epochs: int | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    lr: float | None = typer.Option(None),
+    weight_decay: float | None = typer.Option(None, "--weight-decay"),
+    warmup_epochs: float | None = typer.Option(None, "--warmup-epochs"),
+    rank: int | None = typer.Option(None, help="Rank for snell/lora."),
+    sparsity: float | None = typer.Option(None, help="SNELL sparsity in [0, 1)."),
+    recipe: str | None = typer.Option(None, help="Recipe name (e.g. vtab/cifar) or YAML file."),
+    image_size: int | None = typer.Option(None, "--image-size"),
+    augment: str | None = typer.Option(None, help="'none' (VTAB) or 'fgvc'."),
+    seed: int | None = typer.Option(None),
+    max_steps: int | None = typer.Option(None, "--max-steps"),
+    eval_every: int | None = typer.Option(None, "--eval-every", help="Epochs between evaluations."),
+    checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", help="Steps between resume points."),
+    workers: int | None = typer.Option(None, "--workers", help="Data loading processes."),
+    num_gpus: int | None = typer.Option(None, "--num-gpus", help="Launch on N GPUs with the deepspeed launcher."),
+    hostfile: Path | None = typer.Option(None, "--hostfile", help="deepspeed hostfile for multi-node runs."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this task."),
+) -> None:
+    """Train a task with DeepSpeed and commit it to the bank."""
+    from adapterbank.errors import AdapterBankError
+    from adapterbank.methods import get_method
+    from adapterbank.training.settings import resolve
+    from adapterbank.training.trainer import train as run
+
+    get_method(method)
+    if (num_gpus or hostfile) and "LOCAL_RANK" not in os.environ:
+        _relaunch(num_gpus, hostfile)
+    flags = dict(
+        task=task,
+        method=method,
+        data=str(data),
+        backbone=backbone,
+        checkpoint=checkpoint,
+        bank=str(bank),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        recipe=recipe,
+        image_size=image_size,
+        augment=augment,
+        seed=seed,
+        max_steps=max_steps,
+        eval_every=eval_every,
+        checkpoint_every=checkpoint_every,
+        num_workers=workers,
+        resume=resume,
+    )
+    settings = resolve(flags, {"rank": rank, "sparsity": sparsity})
+    if settings.checkpoint and settings.checkpoint != "packaged" and not Path(settings.checkpoint).is_file():
+        raise AdapterBankError(f"checkpoint '{settings.checkpoint}' does not exist")
+    main = os.environ.get("RANK", "0") == "0"
+    reporter = ProgressReporter() if main else None
+    try:
+        result = run(settings, reporter)
+    finally:
+        if reporter is not None:
+            reporter.stop()
+    if not main:
+        return
+    table = Table("task", "method", "split", "accuracy", "n", "steps", "time", "resumed from")
+    table.add_row(
+        result.task,
+        method,
+        result.split,
+        f"{result.accuracy:.4f}",
+        str(result.n),
+        str(result.steps),
+        f"{result.seconds:.0f}s",
+        str(result.resumed_from) if result.resumed_from else "-",
+    )
+    console.print(table)
+
+
+def evaluate(
+    task: str = typer.Option(..., "--task"),
+    data: Path = typer.Option(..., "--data"),
+    split: str | None = typer.Option(None, help="Split to evaluate (default: the task's evaluation split)."),
+    bank: Path = typer.Option(Path("bank"), "--bank"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    workers: int = typer.Option(2, "--workers", min=0),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Accuracy of a banked task on a dataset split."""
+    from adapterbank.evaluation import evaluate_task
+
+    report = evaluate_task(bank, task, data, split, batch_size, workers)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    console.print(f"{report['task']} on {report['split']}: accuracy {report['accuracy']:.4f} (n={report['n']})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
+    app.command("eval")(evaluate)

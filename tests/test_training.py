@@ -1,0 +1,204 @@
+"""Training through real DeepSpeed engines on CPU: one process, two processes (gloo), resume after SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from adapterbank.bank.models import load_tasks
+from adapterbank.bank.store import Bank
+from adapterbank.evaluation import evaluate_task
+from tests.conftest import REPO, SHARED_DATA, run_cli
+
+pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
+DATA = SHARED_DATA / "vtab-1k" / "pneumonia"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "convnext_atto.pth"
+    torch.manual_seed(0)
+    torch.save(timm.create_model("convnext_atto").state_dict(), path)
+    return path
+
+
+def train_args(checkpoint: Path, bank: Path, task: str, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--task",
+        task,
+        "--data",
+        str(DATA),
+        "--backbone",
+        "convnext_atto",
+        "--checkpoint",
+        str(checkpoint),
+        "--bank",
+        str(bank),
+        "--image-size",
+        "64",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-3",
+        "--workers",
+        "0",
+        *extra,
+    ]
+
+
+def test_one_process_run_commits_a_reproducible_task(checkpoint: Path, tmp_path: Path) -> None:
+    bank = tmp_path / "bank"
+    result = run_cli(
+        *train_args(
+            checkpoint, bank, "pneu", "--method", "snell", "--rank", "4", "--sparsity", "0.5", "--max-steps", "6"
+        )
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "pneu" in result.stdout and "accuracy" in result.stdout
+    record = Bank(bank).load("pneu")
+    assert record.method == "snell" and record.config["rank"] == 4 and record.metrics["split"] == "test"
+    assert record.training["steps"] == 6 and record.training["layout"] == "vtab"
+    reproduced = evaluate_task(bank, "pneu", DATA, None, workers=0)
+    assert reproduced["accuracy"] == record.metrics["accuracy"] and reproduced["n"] == record.metrics["n"] == 624
+    cli = run_cli("eval", "--task", "pneu", "--data", str(DATA), "--bank", str(bank), "--json", "--workers", "0")
+    assert cli.returncode == 0 and f'"accuracy": {record.metrics["accuracy"]}' in cli.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_gloo_run_commits_one_task(checkpoint: Path, tmp_path: Path) -> None:
+    bank = tmp_path / "bank"
+    args = train_args(checkpoint, bank, "pair", "--method", "ssf", "--max-steps", "4", "--eval-every", "1")
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cli", *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={
+                **os.environ,
+                "RANK": str(r),
+                "LOCAL_RANK": str(r),
+                "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+            },
+        )
+        for r in range(2)
+    ]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    record = Bank(bank).load("pair")
+    assert Bank(bank).tasks() == ["pair"] and record.training["world_size"] == 2
+    assert record.training["steps"] == 4
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(checkpoint: Path, tmp_path: Path) -> None:
+    common = ("--method", "lora", "--rank", "4", "--max-steps", "24", "--checkpoint-every", "3", "--seed", "3")
+    straight = run_cli(*train_args(checkpoint, tmp_path / "a", "job", *common))
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    bank = tmp_path / "b"
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "cli", *train_args(checkpoint, bank, "job", *common)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    latest = bank / ".runs" / "job" / "latest"
+    deadline = time.time() + 600
+    while not (latest.is_file() and latest.read_text().strip() != "step3") and victim.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (bank / "tasks" / "job.h5").exists(), "the run finished before it could be killed"
+    resumed = run_cli(*train_args(checkpoint, bank, "job", *common, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed_from = Bank(bank).load("job")
+    assert resumed_from.training["steps"] == 24
+    first, _ = load_tasks(Bank(tmp_path / "a"), ["job"])
+    second, _ = load_tasks(Bank(bank), ["job"])
+    for key, value in first.state(0).items():
+        assert torch.allclose(second.state(0)[key], value, atol=1e-6, rtol=1e-5), key
+    assert not (bank / ".runs" / "job").exists()
+
+
+def test_resume_refuses_changed_settings(checkpoint: Path, tmp_path: Path) -> None:
+    bank = tmp_path / "bank"
+    base = train_args(checkpoint, bank, "job", "--method", "ssf", "--checkpoint-every", "2", "--max-steps", "3")
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "cli", *base], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    latest = bank / ".runs" / "job" / "latest"
+    while not latest.is_file() and victim.poll() is None:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    if (bank / "tasks" / "job.h5").exists():
+        pytest.skip("the short run finished before the kill")
+    result = run_cli(
+        *train_args(
+            checkpoint,
+            bank,
+            "job",
+            "--method",
+            "ssf",
+            "--checkpoint-every",
+            "2",
+            "--max-steps",
+            "3",
+            "--lr",
+            "5e-3",
+            "--resume",
+        )
+    )
+    assert result.returncode == 2 and "other settings" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment", "env"),
+    [
+        (["train", "--task", "t", "--method", "snel", "--data", "x"], "unknown method 'snel'", {}),
+        (["train", "--task", "t", "--method", "ssf", "--data", "/nonexistent"], "does not exist", {}),
+        (
+            [
+                "train",
+                "--task",
+                "t",
+                "--method",
+                "ssf",
+                "--data",
+                str(DATA),
+                "--bank",
+                "{tmp}/bank",
+                "--max-steps",
+                "1",
+            ],
+            "pass --checkpoint FILE",
+            {"HF_HUB_OFFLINE": "1"},
+        ),
+        (["train", "--task", "t", "--method", "ssf", "--data", str(DATA), "--epochs", "0"], "at least 1", {}),
+        (["train", "--task", "a/b", "--method", "ssf", "--data", str(DATA)], "invalid task name", {}),
+    ],
+)
+def test_train_bad_input_is_one_line(args: list[str], fragment: str, env: dict, tmp_path: Path) -> None:
+    result = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], env=env)
+    assert result.returncode == 2, result.stderr[-1000:]
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and fragment in error_lines[0], result.stderr[-1000:]
