@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -44,7 +45,92 @@ def export_latency(
             f"{row.ratio:.3f}x",
             "yes" if row.same_ops_as_bare else "NO",
         )
-    table.caption = f"{backbone}, ONNX Runtime {provider}, median of {rounds} interleaved rounds"
+    table.caption = f"{backbone}, ONNX Runtime {provider}, median of {rounds} interleaved rounds (x8/batch below 8)"
+    console.print(table)
+
+
+@app.command("accuracy")
+def accuracy(
+    data: Path = typer.Option(Path("../shared/data"), help="Folder of dataset folders."),
+    bank: Path = typer.Option(Path("bench-bank"), "--bank", help="Bank the runs commit to."),
+    tasks: str | None = typer.Option(None, help="Comma-separated task folder names (default: all)."),
+    methods: str = typer.Option("linear,full,bitfit,ssf,lora,snell"),
+    recipe: str = typer.Option("cpu/short", help="Training recipe for every run."),
+    markdown: bool = typer.Option(False, "--markdown", help="Also print a Markdown table."),
+) -> None:
+    """Train every method on every task on real EfficientNet-Lite0 weights; accuracy, size and time per run."""
+    from adapterbank.benchmarks.accuracy import accuracy_table
+    from cli.train_commands import ProgressReporter
+
+    reporters: list[ProgressReporter] = []
+
+    def reporter(task: str, method: str) -> ProgressReporter:
+        for old in reporters:
+            old.stop()
+        console.print(f"[bold]{task}[/bold] / {method}")
+        reporters.append(ProgressReporter())
+        return reporters[-1]
+
+    chosen = [t for t in (tasks or "").split(",") if t] or None
+    try:
+        rows = accuracy_table(data, bank, chosen, [m for m in methods.split(",") if m], recipe, reporter)
+    finally:
+        for old in reporters:
+            old.stop()
+    linear = {row.task: row.accuracy for row in rows if row.method == "linear"}
+    table = Table("task", "method", "test accuracy", "n", "values / task", "bank bytes", "train time", "vs linear")
+    lines = [
+        "| task | method | test accuracy | values / task | bank bytes | train time | vs linear |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        delta = (
+            ""
+            if row.task not in linear or row.method == "linear"
+            else f"{100 * (row.accuracy - linear[row.task]):+.1f} pt"
+        )
+        cells = [
+            row.task,
+            row.method,
+            f"{100 * row.accuracy:.1f}%",
+            str(row.n),
+            f"{row.trainable:,}",
+            f"{row.bank_bytes:,}",
+            f"{row.seconds:.0f}s",
+            delta,
+        ]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells[:3] + cells[4:]) + " |")
+    console.print(table)
+    if markdown:
+        typer.echo("\n".join(lines))
+
+
+@app.command("train-memory")
+def train_memory(
+    backbone: str = typer.Option("vit_base_patch16_224"),
+    batch: int = typer.Option(32, min=1),
+    steps: int = typer.Option(2, min=1, help="Timed steps per method (after one untimed)."),
+    rank: int = typer.Option(8, help="Rank of LoRA and SNELL."),
+    methods: str = typer.Option("full,linear,lora,ssf,snell"),
+) -> None:
+    """Peak training memory and step time per method (fresh process each), as ratios to LoRA."""
+    from adapterbank.benchmarks.train_memory import train_memory as measure
+
+    rows = measure(backbone, batch, steps, rank, [m for m in methods.split(",") if m])
+    lora = next((r for r in rows if r.method == "lora"), rows[0])
+    table = Table("method", "trainable", "peak MiB", "x LoRA memory", "step s", "x LoRA time")
+    for row in rows:
+        table.add_row(
+            row.method,
+            f"{row.trainable:,}",
+            f"{row.peak_mib:,.0f}",
+            f"{row.peak_mib / lora.peak_mib:.3f}",
+            f"{row.step_seconds:.2f}",
+            f"{row.step_seconds / lora.step_seconds:.3f}",
+        )
+    kind = "peak RSS" if rows[0].device == "cpu" else "torch.cuda.max_memory_allocated"
+    table.caption = f"{backbone}, batch {batch}, rank {rank}, {rows[0].device} ({kind}), median of {steps} steps"
     console.print(table)
 
 

@@ -169,6 +169,45 @@ def evaluate(
     console.print(f"{report['task']} on {report['split']}: accuracy {report['accuracy']:.4f} (n={report['n']})")
 
 
+def quickstart(
+    folder: Path = typer.Option(Path("quickstart"), "--dir", help="Where data and the bank go."),
+    epochs: int = typer.Option(3, min=1),
+    image_size: int = typer.Option(96, "--image-size", min=32),
+) -> None:
+    """Offline demo: two real-image tasks, two methods, one bank, real EfficientNet-Lite0 weights."""
+    from adapterbank.bank.store import Bank
+    from adapterbank.quickstart import TASKS, prepare, settings_for
+    from adapterbank.training.trainer import train as run
+
+    data = prepare(folder)
+    bank = folder / "bank"
+    results = []
+    for spec in TASKS:
+        console.print(f"[bold]{spec.task}[/bold] ({spec.source}) with {spec.method}")
+        reporter = ProgressReporter()
+        try:
+            results.append((spec, run(settings_for(spec, data[spec.task], bank, epochs, image_size), reporter)))
+        finally:
+            reporter.stop()
+    store = Bank(bank)
+    table = Table("task", "method", "data", "test accuracy", "n", "trainable values", "bank bytes", "train time")
+    for spec, result in results:
+        record = store.load(spec.task, with_tensors=False)
+        table.add_row(
+            spec.task,
+            spec.method,
+            spec.source,
+            f"{result.accuracy:.4f}",
+            str(result.n),
+            f"{record.num_values:,}",
+            f"{store.task_file(spec.task).stat().st_size:,}",
+            f"{result.seconds:.0f}s",
+        )
+    table.caption = f"bank {bank} on {store.identity.arch} (ImageNet weights from its pip package)"
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(train)
     app.command("eval")(evaluate)
+    app.command()(quickstart)

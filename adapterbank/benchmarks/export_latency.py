@@ -61,7 +61,7 @@ def export_latency(
         for batch in batches:
             feed = {"images": np.random.default_rng(batch).standard_normal((batch, *example[0].shape[1:]), np.float32)}
             runs = {name: (lambda s=s, f=feed: s.run(["logits"], f)) for name, s in sessions.items()}
-            medians = interleaved_medians(runs, rounds)
+            medians = interleaved_medians(runs, rounds * max(1, 8 // batch))  # short runs are noisier: more of them
             for name, seconds in medians.items():
                 rows.append(LatencyRow(batch, name, seconds * 1e3, seconds / medians[BARE], same[name]))
     return rows, providers()[0]

@@ -112,6 +112,8 @@ def _loaders(
     train_split, eval_split = dataset.default_splits()
     train_split, eval_split = settings.train_split or train_split, settings.eval_split or eval_split
     train_samples, eval_samples = dataset.split(train_split), dataset.split(eval_split)
+    if len({label for _, label in train_samples}) < 2:
+        raise AdapterBankError(f"split '{train_split}' of '{dataset.root}' has a single class: check its labels")
     check_headers(train_samples)
     check_headers(eval_samples)
     identity = bank.identity

@@ -1,0 +1,85 @@
+"""Real-data accuracy of every method on every task of a data folder, on real pretrained weights, side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapterbank.bank.store import Bank
+from adapterbank.data.layouts import detect_layout
+from adapterbank.errors import AdapterBankError
+from adapterbank.training.settings import resolve
+from adapterbank.training.trainer import Reporter, train
+from adapterbank.weights import PACKAGED_ARCH
+
+METHODS = ("linear", "full", "bitfit", "ssf", "lora", "snell")
+
+
+@dataclass
+class AccuracyRow:
+    task: str
+    method: str
+    accuracy: float
+    n: int
+    trainable: int  # values the task owns in the bank, head included
+    bank_bytes: int
+    seconds: float
+
+
+def find_tasks(data_root: Path) -> dict[str, Path]:
+    """Every dataset folder one or two levels below `data_root`, by folder name."""
+    found = {}
+    for folder in sorted(p for p in data_root.glob("*/*") if p.is_dir()) + sorted(data_root.glob("*")):
+        try:
+            detect_layout(folder)
+        except AdapterBankError:
+            continue
+        found.setdefault(folder.name, folder)
+    if not found:
+        raise AdapterBankError(f"no dataset folders under '{data_root}'")
+    return found
+
+
+def accuracy_table(
+    data_root: Path,
+    bank: Path,
+    tasks: Sequence[str] | None = None,
+    methods: Sequence[str] = METHODS,
+    recipe: str = "cpu/short",
+    reporter: Callable[[str, str], Reporter] | None = None,
+) -> list[AccuracyRow]:
+    available = find_tasks(data_root)
+    chosen = list(tasks) if tasks else list(available)
+    unknown = [t for t in chosen if t not in available]
+    if unknown:
+        raise AdapterBankError(f"no task '{unknown[0]}' under '{data_root}' (tasks: {', '.join(available)})")
+    rows = []
+    for task in chosen:
+        for method in methods:
+            name = f"{task}-{method}"
+            flags = dict(
+                task=name,
+                method=method,
+                data=str(available[task]),
+                bank=str(bank),
+                backbone=PACKAGED_ARCH,
+                checkpoint="packaged",
+                recipe=recipe,
+            )
+            settings = resolve(flags, {})
+            settings.eval_every = settings.epochs
+            result = train(settings, reporter(task, method) if reporter else None)
+            record = Bank(bank).load(name, with_tensors=False)
+            rows.append(
+                AccuracyRow(
+                    task,
+                    method,
+                    result.accuracy,
+                    result.n,
+                    record.num_values,
+                    Bank(bank).task_file(name).stat().st_size,
+                    result.seconds,
+                )
+            )
+    return rows

@@ -1,0 +1,99 @@
+"""Peak training memory and step time per method, each in a fresh process (so peaks do not mix), side by side.
+
+CPU: peak resident set size of the process (ru_maxrss). GPU: torch.cuda.max_memory_allocated. The step is what
+training runs: forward, cross-entropy, backward, AdamW update of the trainable tensors.
+
+    python -m adapterbank.benchmarks.train_memory METHOD ARCH BATCH STEPS RANK   (one measurement, prints JSON)
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+METHODS = ("full", "linear", "lora", "ssf", "snell")
+
+
+@dataclass
+class MemoryRow:
+    method: str
+    peak_mib: float
+    step_seconds: float
+    trainable: int
+    device: str
+
+
+def measure_one(method: str, arch: str, batch: int, steps: int, rank: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from adapterbank.tuned import tune
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    options = {"rank": rank} if method in ("lora", "snell") else {}
+    model = tune(arch, method, 100, **options).to(device).train()
+    optimizer = torch.optim.AdamW(model.param_groups(1e-4), lr=1e-4)
+    images = torch.randn(batch, *model.model.pretrained_cfg["input_size"], device=device)
+    labels = torch.randint(0, 100, (batch,), device=device)
+    times = []
+    for _ in range(steps + 1):  # the first step allocates optimizer state; it is not timed
+        start = time.perf_counter()
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {
+        "method": method,
+        "peak_mib": peak,
+        "step_seconds": sorted(times[1:])[len(times[1:]) // 2],
+        "trainable": model.num_trainable(),
+        "device": device.type,
+    }
+
+
+def train_memory(
+    arch: str = "vit_base_patch16_224",
+    batch: int = 32,
+    steps: int = 2,
+    rank: int = 8,
+    methods: Sequence[str] = METHODS,
+) -> list[MemoryRow]:
+    rows = []
+    for method in methods:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "adapterbank.benchmarks.train_memory",
+                method,
+                arch,
+                str(batch),
+                str(steps),
+                str(rank),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"{method} measurement failed: {out.stderr.strip().splitlines()[-1:]}")
+        rows.append(MemoryRow(**json.loads(out.stdout.strip().splitlines()[-1])))
+    return rows
+
+
+if __name__ == "__main__":
+    method_name, arch_name, batch_size, step_count, lora_rank = sys.argv[1:6]
+    print(json.dumps(measure_one(method_name, arch_name, int(batch_size), int(step_count), int(lora_rank))))
