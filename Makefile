@@ -1,8 +1,8 @@
-# Two entry points for a fresh clone: `make demo` (the main job, offline) and `make test`.
+# Two entry points for a fresh clone: `make quickstart` (the main job, offline) and `make test`.
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint
+.PHONY: setup quickstart inspect test lint
 
 $(BIN)/adapterbank: pyproject.toml
 	python3 -m venv $(VENV)
@@ -12,7 +12,10 @@ $(BIN)/adapterbank: pyproject.toml
 
 setup: $(BIN)/adapterbank
 
-demo: setup
+quickstart: setup
+	$(BIN)/adapterbank quickstart
+
+inspect: setup
 	$(BIN)/adapterbank inspect
 
 lint: setup

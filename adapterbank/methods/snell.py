@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from adapterbank.errors import AdapterBankError
 from adapterbank.methods.base import Method, MethodConfig
+from adapterbank.methods.delta_cache import DeltaCache
 from adapterbank.methods.placements import delta_targets
 from adapterbank.methods.pointwise import PointwiseDelta
 from adapterbank.routing import TaskRouter
@@ -69,12 +70,21 @@ def sparsify(k: torch.Tensor, sparsity: float, soft: bool) -> torch.Tensor:
     return k * factor
 
 
+def sparse_weights(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, sparsity: float, soft: bool) -> torch.Tensor:
+    """(S, n, m): the sparsified kernel delta of each of the S blocks."""
+    return sparsify(kernel_matrix(a, b, alpha), sparsity, soft)
+
+
+def apply_weights(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """x: (..., n) -> (..., S * m)."""
+    return torch.einsum("...n,snm->...sm", x, weights).flatten(-2)
+
+
 def sparse_kernel_delta(
     x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, sparsity: float, soft: bool
 ) -> torch.Tensor:
     """x: (..., n) -> (..., S * m): x @ sparsified kernel delta for each of the S blocks."""
-    weights = sparsify(kernel_matrix(a, b, alpha), sparsity, soft)
-    return torch.einsum("...n,snm->...sm", x, weights).flatten(-2)
+    return apply_weights(x, sparse_weights(a, b, alpha, sparsity, soft))
 
 
 class KernelSparseDelta(PointwiseDelta):
@@ -91,12 +101,18 @@ class KernelSparseDelta(PointwiseDelta):
         self.recompute = config.recompute
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.drop_path = DropPath(config.drop_path) if config.drop_path else nn.Identity()
+        self.cache: DeltaCache | None = None  # set by a runtime: reuse deltas across inference batches
 
     def _task_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
         args = (x, self.snell_A[task], self.snell_B[task], self.alpha, self.sparsity, self.soft)
-        if self.recompute and torch.is_grad_enabled() and self.snell_A.requires_grad:
-            return checkpoint(sparse_kernel_delta, *args, use_reentrant=False)
-        return sparse_kernel_delta(*args)
+        if torch.is_grad_enabled() and self.snell_A.requires_grad:
+            if self.recompute:
+                return checkpoint(sparse_kernel_delta, *args, use_reentrant=False)
+            return sparse_kernel_delta(*args)
+        if self.cache is None:
+            return sparse_kernel_delta(*args)
+        key = (id(self), task, self.snell_A._version, self.snell_B._version)
+        return apply_weights(x, self.cache.get(key, lambda: sparse_weights(*args[1:])))
 
     def delta(self, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         x = self.dropout(x)

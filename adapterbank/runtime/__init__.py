@@ -1,0 +1,5 @@
+"""Serving many tasks on one shared backbone, with batches whose samples switch tasks."""
+
+from adapterbank.runtime.torch_runtime import TorchRuntime
+
+__all__ = ["TorchRuntime"]

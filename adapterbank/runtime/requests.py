@@ -1,0 +1,99 @@
+"""Prediction requests from a CSV of `path,task` rows: preprocessed per task, predicted in mixed batches, answered
+in input order. A bad row (unknown task, unreadable image) gets an error answer; the other rows are unaffected."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from adapterbank.data.images import load_rgb
+from adapterbank.data.transforms import make_transform
+from adapterbank.errors import AdapterBankError
+from adapterbank.runtime.torch_runtime import TorchRuntime
+
+
+@dataclass
+class Answer:
+    path: str
+    task: str
+    labels: list[int]
+    class_names: list[str]
+    scores: list[float]
+    error: str = ""
+
+
+def read_requests(csv_path: Path) -> list[tuple[str, str]]:
+    if not csv_path.is_file():
+        raise AdapterBankError(f"request file '{csv_path}' does not exist")
+    with csv_path.open(newline="") as f:
+        rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "task"]:
+        rows = rows[1:]
+    bad = next((i for i, row in enumerate(rows) if len(row) < 2), None)
+    if bad is not None:
+        raise AdapterBankError(f"{csv_path}: row {bad + 1} is not 'path,task'")
+    base = csv_path.parent
+    return [
+        (str((base / row[0].strip()) if not Path(row[0].strip()).is_absolute() else row[0].strip()), row[1].strip())
+        for row in rows
+    ]
+
+
+class Preprocessor:
+    """Each task's eval transform, as in its training run (size, resize mode) with the backbone's mean/std."""
+
+    def __init__(self, runtime: TorchRuntime) -> None:
+        self.runtime = runtime
+        self._transforms: dict[str, object] = {}
+
+    def size_of(self, task: str) -> int:
+        identity = self.runtime.bank.identity
+        return int(self.runtime.tasks[task].record.training.get("image_size") or identity.input_size[-1])
+
+    def __call__(self, path: str, task: str) -> torch.Tensor:
+        if task not in self._transforms:
+            training = self.runtime.tasks[task].record.training
+            identity = self.runtime.bank.identity
+            self._transforms[task] = make_transform(
+                training.get("augment", "none"),
+                self.size_of(task),
+                identity.mean,
+                identity.std,
+                identity.crop_pct,
+                training=False,
+            )
+        return self._transforms[task](load_rgb(Path(path)))
+
+
+def answer(runtime: TorchRuntime, requests: list[tuple[str, str]], batch_size: int, top_k: int) -> Iterator[Answer]:
+    """Answers in input order, one per request; batches mix tasks (grouped only by input size)."""
+    preprocess = Preprocessor(runtime)
+    for start in range(0, len(requests), batch_size):
+        chunk = requests[start : start + batch_size]
+        answers: list[Answer | None] = [None] * len(chunk)
+        by_size: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        for i, (path, task) in enumerate(chunk):
+            if task not in runtime.tasks:
+                answers[i] = Answer(path, task, [], [], [], f"unknown task '{task}'")
+                continue
+            try:
+                tensor = preprocess(path, task)
+            except AdapterBankError as exc:
+                answers[i] = Answer(path, task, [], [], [], str(exc))
+                continue
+            by_size.setdefault(preprocess.size_of(task), []).append((i, tensor))
+        for items in by_size.values():
+            indices = [i for i, _ in items]
+            logits = runtime.predict(torch.stack([t for _, t in items]), [chunk[i][1] for i in indices])
+            for i, row in zip(indices, logits, strict=True):
+                probabilities = row.softmax(-1)
+                scores, labels = probabilities.topk(min(top_k, len(row)))
+                names = runtime.tasks[chunk[i][1]].class_names
+                answers[i] = Answer(
+                    chunk[i][0], chunk[i][1], labels.tolist(), [names[j] for j in labels.tolist()], scores.tolist()
+                )
+        yield from answers  # type: ignore[misc]

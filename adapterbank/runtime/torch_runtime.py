@@ -1,0 +1,119 @@
+"""PyTorch runtime: every task of a bank resident on one frozen backbone; `predict(images, tasks)` per sample.
+
+Tasks are grouped by (method, config); each group is one TunedModel whose frozen weights are the very tensors of
+the shared backbone (no copies), so memory is one backbone plus the task tensors. A mixed batch is split by group
+only; inside a group each sample uses its own task (per-sample gathers for SSF, BitFit, LoRA and heads; SNELL per
+task with its sparse deltas cached under a byte budget). `full` tasks own a whole backbone each.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from adapterbank.bank.models import load_backbone
+from adapterbank.bank.store import Bank, TaskRecord
+from adapterbank.errors import AdapterBankError
+from adapterbank.methods.delta_cache import DeltaCache
+from adapterbank.methods.snell import KernelSparseDelta
+from adapterbank.tuned import TunedModel
+
+
+@dataclass
+class TaskSlot:
+    group: int
+    slot: int
+    class_names: list[str]
+    record: TaskRecord
+
+
+def share_frozen(backbone: nn.Module) -> nn.Module:
+    """A module tree of its own whose parameters and buffers are the backbone's tensors themselves."""
+    memo = {id(t): t for t in itertools.chain(backbone.parameters(), backbone.buffers())}
+    return copy.deepcopy(backbone, memo)
+
+
+class TorchRuntime:
+    def __init__(
+        self,
+        bank: str | Path | Bank,
+        tasks: Sequence[str] | None = None,
+        device: str | torch.device = "cpu",
+        snell_cache_bytes: int = 1 << 30,
+    ) -> None:
+        self.bank = bank if isinstance(bank, Bank) else Bank(bank)
+        self.device = torch.device(device)
+        self.only = list(tasks) if tasks is not None else None
+        self.backbone = load_backbone(self.bank).to(self.device)
+        self.cache = DeltaCache(snell_cache_bytes)
+        self.groups: list[TunedModel] = []
+        self.tasks: dict[str, TaskSlot] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """Serve the bank as it is now: tasks committed, replaced or removed since the last load."""
+        names = self.only if self.only is not None else self.bank.tasks()
+        records = [self.bank.load(name) for name in names]
+        by_group: dict[str, list[TaskRecord]] = {}
+        for record in records:
+            key = json.dumps([record.method, record.config], sort_keys=True)
+            if record.method == "full":
+                key += record.name  # a full task owns its backbone: never shares a model
+            by_group.setdefault(key, []).append(record)
+        groups, tasks = [], {}
+        for members in by_group.values():
+            first = members[0]
+            base = copy.deepcopy(self.backbone) if first.method == "full" else share_frozen(self.backbone)
+            model = TunedModel(
+                base,
+                self.bank.identity.arch,
+                first.method,
+                [len(r.class_names) for r in members],
+                first.config,
+                self.bank.identity.fingerprint,
+            )
+            for slot, record in enumerate(members):
+                tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in record.tensors.items()}
+                try:
+                    model.load_state(tensors, task=slot)
+                except AdapterBankError as exc:
+                    raise AdapterBankError(f"task '{record.name}': {exc}") from exc
+                tasks[record.name] = TaskSlot(len(groups), slot, record.class_names, record)
+            for module in model.modules():
+                if isinstance(module, KernelSparseDelta):
+                    module.cache = self.cache
+            groups.append(model.to(self.device).eval())
+        self.groups, self.tasks = groups, tasks
+
+    def task_names(self) -> list[str]:
+        return list(self.tasks)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, tasks: Sequence[str]) -> list[torch.Tensor]:
+        """Logits of each sample under its own task (each of that task's class count), in input order."""
+        if len(tasks) != images.shape[0]:
+            raise AdapterBankError(f"{images.shape[0]} images but {len(tasks)} task names")
+        unknown = sorted({t for t in tasks if t not in self.tasks})
+        if unknown:
+            raise AdapterBankError(f"unknown task '{unknown[0]}' (serving: {', '.join(self.tasks) or 'none'})")
+        images = images.to(self.device)
+        out: list[torch.Tensor | None] = [None] * len(tasks)
+        rows_by_group: dict[int, list[int]] = {}
+        for row, name in enumerate(tasks):
+            rows_by_group.setdefault(self.tasks[name].group, []).append(row)
+        for group, rows in rows_by_group.items():
+            model = self.groups[group]
+            slots = torch.tensor([self.tasks[tasks[r]].slot for r in rows], device=self.device)
+            batch = images[rows] if len(rows) < len(tasks) else images
+            logits = model(batch, slots if model.num_tasks > 1 else None)
+            for i, row in enumerate(rows):
+                out[row] = logits[i, : len(self.tasks[tasks[row]].class_names)].float().cpu()
+        return out  # type: ignore[return-value]

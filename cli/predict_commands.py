@@ -1,0 +1,63 @@
+"""`adapterbank predict`: a CSV of (image, task) requests answered in mixed-task batches."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import typer
+from rich.progress import Progress
+
+from adapterbank.errors import AdapterBankError
+from cli.output import console
+
+COLUMNS = ["path", "task", "label", "class_name", "score", "error"]
+
+
+def predict(
+    requests: Path = typer.Argument(..., help="CSV with 'path,task' rows (paths relative to the CSV's folder)."),
+    bank: Path = typer.Option(Path("bank"), "--bank", help="Bank folder."),
+    out: Path | None = typer.Option(None, "--out", help="Output CSV (default: standard output)."),
+    backend: str = typer.Option("torch", "--backend", help="torch (onnx: not yet)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    top_k: int = typer.Option(1, "--top-k", min=1, help="Classes per answer (';'-separated when more than 1)."),
+) -> None:
+    """Predict a batch stream mixing many tasks; rows come back in input order. Exit 1 if any row failed."""
+    from adapterbank.runtime.requests import answer, read_requests
+    from adapterbank.runtime.torch_runtime import TorchRuntime
+
+    if backend != "torch":
+        raise AdapterBankError(f"backend '{backend}' is not available yet: use --backend torch")
+    rows = read_requests(requests)
+    runtime = TorchRuntime(bank)
+    failed = 0
+    handle = out.open("w", newline="") if out else sys.stdout
+    try:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        with Progress(console=console, transient=True, disable=out is None) as progress:
+            bar = progress.add_task("predicting", total=len(rows))
+            for item in answer(runtime, rows, batch_size, top_k):
+                failed += bool(item.error)
+                writer.writerow(
+                    [
+                        item.path,
+                        item.task,
+                        ";".join(map(str, item.labels)),
+                        ";".join(item.class_names),
+                        ";".join(f"{s:.6f}" for s in item.scores),
+                        item.error,
+                    ]
+                )
+                progress.advance(bar)
+    finally:
+        if out:
+            handle.close()
+    if failed:
+        typer.echo(f"error: {failed} of {len(rows)} requests failed (see the 'error' column)", err=True)
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(predict)

@@ -1,0 +1,102 @@
+"""The PyTorch runtime: one batch mixing tasks of every method equals each sample alone on its merged model."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapterbank import AdapterBankError, TunedModel, create_backbone
+from adapterbank.bank.models import commit, create_bank, load_tasks, task_record
+from adapterbank.bank.store import Bank
+from adapterbank.inspection import perturb_task_parameters
+from adapterbank.runtime import TorchRuntime
+from tests.conftest import images
+from tests.test_merge import assert_close_relative
+
+ARCH = "vit_tiny_patch16_224"
+TASKS = {
+    "s1": ("snell", 4),
+    "s2": ("snell", 3),
+    "f1": ("ssf", 5),
+    "f2": ("ssf", 2),
+    "l1": ("lora", 3),
+    "b1": ("bitfit", 4),
+    "p1": ("linear", 6),
+    "u1": ("full", 3),
+}
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory) -> Bank:
+    torch.manual_seed(11)
+    backbone = create_backbone(ARCH)
+    bank = create_bank(tmp_path_factory.mktemp("rt") / "bank", backbone, ARCH, "random-init")
+    for i, (name, (method, classes)) in enumerate(TASKS.items()):
+        model = TunedModel(copy.deepcopy(backbone), ARCH, method, [classes]).eval()
+        perturb_task_parameters(model, std=0.05, seed=100 + i)
+        commit(bank, task_record(model, name))
+    return bank
+
+
+def merged_alone(bank: Bank, name: str, x: torch.Tensor) -> torch.Tensor:
+    model, _ = load_tasks(bank, [name])
+    with torch.no_grad():
+        return model.merge(0)(x)
+
+
+def test_mixed_batch_of_every_method(bank: Bank) -> None:
+    runtime = TorchRuntime(bank)
+    order = ["f1", "s1", "u1", "l1", "f2", "p1", "s2", "b1", "f1", "s1"]
+    x = images(len(order), seed=4)
+    out = runtime.predict(x, order)
+    for row, name in enumerate(order):
+        assert out[row].shape == (TASKS[name][1],)
+        assert_close_relative(out[row][None], merged_alone(bank, name, x[row : row + 1]))
+    permutation = torch.randperm(len(order))
+    shuffled = runtime.predict(x[permutation], [order[i] for i in permutation])
+    for new, old in enumerate(permutation.tolist()):
+        assert torch.allclose(shuffled[new], out[old], atol=1e-5, rtol=1e-5)
+
+
+def test_backbone_weights_are_shared_not_copied(bank: Bank) -> None:
+    runtime = TorchRuntime(bank)
+    shared = runtime.backbone.blocks[0].mlp.fc2.weight.data_ptr()
+    peft_groups = [g for g in runtime.groups if g.method.name != "full"]
+    assert len(peft_groups) >= 4
+    for group in peft_groups:
+        pointers = {p.data_ptr() for p in group.model.parameters() if not p.requires_grad}
+        assert shared in pointers
+
+
+def test_snell_deltas_are_cached_and_exact(bank: Bank) -> None:
+    runtime = TorchRuntime(bank, tasks=["s1", "s2"])
+    x = images(2, seed=6)
+    first = runtime.predict(x, ["s1", "s2"])
+    misses = runtime.cache.misses
+    second = runtime.predict(x, ["s1", "s2"])
+    assert runtime.cache.hits > 0 and runtime.cache.misses == misses
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    tiny = TorchRuntime(bank, tasks=["s1"], snell_cache_bytes=0)
+    assert torch.allclose(tiny.predict(x[:1], ["s1"])[0], first[0], atol=1e-6) and tiny.cache.bytes == 0
+
+
+def test_reload_serves_new_and_drops_removed_tasks(bank: Bank, tmp_path: Path) -> None:
+    runtime = TorchRuntime(bank)
+    assert "late" not in runtime.task_names()
+    late = TunedModel(create_backbone(ARCH), ARCH, "ssf", [2], backbone_fingerprint=bank.identity.fingerprint)
+    with torch.no_grad():
+        late.load_state(
+            {**load_tasks(bank, ["f1"])[0].state(0), "head.weight": torch.randn(2, 192), "head.bias": torch.zeros(2)}
+        )
+    commit(bank, task_record(late, "late"))
+    with pytest.raises(AdapterBankError, match="unknown task 'late'"):
+        runtime.predict(images(1), ["late"])
+    runtime.reload()
+    x = images(1, seed=8)
+    assert_close_relative(runtime.predict(x, ["late"])[0][None], merged_alone(bank, "late", x))
+    bank.remove("late")
+    runtime.reload()
+    assert "late" not in runtime.task_names()
