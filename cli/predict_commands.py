@@ -19,18 +19,19 @@ def predict(
     requests: Path = typer.Argument(..., help="CSV with 'path,task' rows (paths relative to the CSV's folder)."),
     bank: Path = typer.Option(Path("bank"), "--bank", help="Bank folder."),
     out: Path | None = typer.Option(None, "--out", help="Output CSV (default: standard output)."),
-    backend: str = typer.Option("torch", "--backend", help="torch (onnx: not yet)."),
+    backend: str = typer.Option("torch", "--backend", help="torch, or onnx (ONNX Runtime; CUDA when usable)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     top_k: int = typer.Option(1, "--top-k", min=1, help="Classes per answer (';'-separated when more than 1)."),
 ) -> None:
     """Predict a batch stream mixing many tasks; rows come back in input order. Exit 1 if any row failed."""
+    from adapterbank.runtime import ONNXRuntime, TorchRuntime
     from adapterbank.runtime.requests import answer, read_requests
-    from adapterbank.runtime.torch_runtime import TorchRuntime
 
-    if backend != "torch":
-        raise AdapterBankError(f"backend '{backend}' is not available yet: use --backend torch")
+    backends = {"torch": TorchRuntime, "onnx": ONNXRuntime}
+    if backend not in backends:
+        raise AdapterBankError(f"unknown backend '{backend}': choose torch or onnx")
     rows = read_requests(requests)
-    runtime = TorchRuntime(bank)
+    runtime = backends[backend](bank)
     failed = 0
     handle = out.open("w", newline="") if out else sys.stdout
     try:

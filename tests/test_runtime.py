@@ -16,7 +16,7 @@ from adapterbank.runtime import TorchRuntime
 from tests.conftest import images
 from tests.test_merge import assert_close_relative
 
-ARCH = "vit_tiny_patch16_224"
+ARCH = "convnext_atto"  # exports fastest of the four families
 TASKS = {
     "s1": ("snell", 4),
     "s2": ("snell", 3),
@@ -63,7 +63,7 @@ def test_mixed_batch_of_every_method(bank: Bank) -> None:
 
 def test_backbone_weights_are_shared_not_copied(bank: Bank) -> None:
     runtime = TorchRuntime(bank)
-    shared = runtime.backbone.blocks[0].mlp.fc2.weight.data_ptr()
+    shared = runtime.backbone.stages[1].blocks[0].mlp.fc2.weight.data_ptr()
     peft_groups = [g for g in runtime.groups if g.method.name != "full"]
     assert len(peft_groups) >= 4
     for group in peft_groups:
@@ -87,10 +87,9 @@ def test_reload_serves_new_and_drops_removed_tasks(bank: Bank, tmp_path: Path) -
     runtime = TorchRuntime(bank)
     assert "late" not in runtime.task_names()
     late = TunedModel(create_backbone(ARCH), ARCH, "ssf", [2], backbone_fingerprint=bank.identity.fingerprint)
-    with torch.no_grad():
-        late.load_state(
-            {**load_tasks(bank, ["f1"])[0].state(0), "head.weight": torch.randn(2, 192), "head.bias": torch.zeros(2)}
-        )
+    state = load_tasks(bank, ["f1"])[0].state(0)  # f1's SSF tensors with a new two-class head
+    head = {"head.fc.weight": torch.randn(2, state["head.fc.weight"].shape[1]), "head.fc.bias": torch.zeros(2)}
+    late.load_state({**state, **head})
     commit(bank, task_record(late, "late"))
     with pytest.raises(AdapterBankError, match="unknown task 'late'"):
         runtime.predict(images(1), ["late"])
@@ -100,3 +99,19 @@ def test_reload_serves_new_and_drops_removed_tasks(bank: Bank, tmp_path: Path) -
     bank.remove("late")
     runtime.reload()
     assert "late" not in runtime.task_names()
+
+
+def test_onnx_runtime_mixed_batch_of_every_method(bank: Bank) -> None:
+    from adapterbank.runtime import ONNXRuntime
+
+    runtime = ONNXRuntime(bank)
+    assert sum(g.multi for g in runtime.groups) == 4  # ssf, lora, bitfit, linear: one graph each
+    order = ["f1", "s1", "u1", "l1", "f2", "p1", "s2", "b1"]
+    x = images(len(order), seed=5)
+    out = runtime.predict(x, order)
+    for row, name in enumerate(order):
+        expected = merged_alone(bank, name, x[row : row + 1])[0]
+        assert (out[row] - expected).abs().max() <= 1e-4
+    cached = sorted(p.name for p in (bank.path / ".onnx").glob("*.onnx"))
+    runtime.reload()  # nothing changed: no graph is rebuilt
+    assert sorted(p.name for p in (bank.path / ".onnx").glob("*.onnx")) == cached

@@ -13,7 +13,10 @@ import torch
 from adapterbank.data.images import load_rgb
 from adapterbank.data.transforms import make_transform
 from adapterbank.errors import AdapterBankError
+from adapterbank.runtime.onnx_runtime import ONNXRuntime
 from adapterbank.runtime.torch_runtime import TorchRuntime
+
+Runtime = TorchRuntime | ONNXRuntime
 
 
 @dataclass
@@ -46,7 +49,7 @@ def read_requests(csv_path: Path) -> list[tuple[str, str]]:
 class Preprocessor:
     """Each task's eval transform, as in its training run (size, resize mode) with the backbone's mean/std."""
 
-    def __init__(self, runtime: TorchRuntime) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._transforms: dict[str, object] = {}
 
@@ -69,7 +72,7 @@ class Preprocessor:
         return self._transforms[task](load_rgb(Path(path)))
 
 
-def answer(runtime: TorchRuntime, requests: list[tuple[str, str]], batch_size: int, top_k: int) -> Iterator[Answer]:
+def answer(runtime: Runtime, requests: list[tuple[str, str]], batch_size: int, top_k: int) -> Iterator[Answer]:
     """Answers in input order, one per request; batches mix tasks (grouped only by input size)."""
     preprocess = Preprocessor(runtime)
     for start in range(0, len(requests), batch_size):

@@ -12,7 +12,6 @@ import copy
 import itertools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +23,8 @@ from adapterbank.bank.store import Bank, TaskRecord
 from adapterbank.errors import AdapterBankError
 from adapterbank.methods.delta_cache import DeltaCache
 from adapterbank.methods.snell import KernelSparseDelta
+from adapterbank.runtime.slots import TaskSlot
 from adapterbank.tuned import TunedModel
-
-
-@dataclass
-class TaskSlot:
-    group: int
-    slot: int
-    class_names: list[str]
-    record: TaskRecord
 
 
 def share_frozen(backbone: nn.Module) -> nn.Module:
