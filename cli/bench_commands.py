@@ -134,5 +134,52 @@ def train_memory(
     console.print(table)
 
 
+@app.command("serve")
+def serve(
+    backbone: str = typer.Option("vit_base_patch16_224"),
+    methods: str = typer.Option("ssf,bitfit,lora,snell"),
+    tasks: int = typer.Option(8, min=2, help="Tasks the mixed batch is spread over."),
+    batch: int = typer.Option(64, min=2),
+    rounds: int = typer.Option(3, min=1),
+    resident: int = typer.Option(100, min=0, help="Tasks held for the memory measurement (0: skip)."),
+) -> None:
+    """Mixed-task batch throughput against single-task merged weights, the naive loop, and PEFT; memory."""
+    from adapterbank.benchmarks.serve import serve_benchmark
+
+    rows, memory = serve_benchmark(backbone, [m for m in methods.split(",") if m], tasks, batch, rounds, resident)
+    table = Table(
+        "method",
+        "single-task merged img/s",
+        "mixed img/s",
+        "mixed / single",
+        "naive loop img/s",
+        "PEFT adapter_names img/s",
+    )
+    for row in rows:
+        peft = "" if row.peft_ips is None else f"{row.peft_ips:.1f}"
+        table.add_row(
+            row.method,
+            f"{row.single_ips:.1f}",
+            f"{row.mixed_ips:.1f}",
+            f"{row.mixed_vs_single:.2f}x",
+            f"{row.naive_ips:.1f}",
+            peft,
+        )
+    table.caption = f"{backbone}, batch {batch} over {tasks} tasks, median of {rounds} interleaved rounds"
+    console.print(table)
+    if memory:
+        mem = Table("method", "resident tasks", "backbone MiB", "task tensors MiB", "held MiB", "extra / task tensors")
+        for m in memory:
+            mem.add_row(
+                m.method,
+                str(m.tasks),
+                f"{m.backbone_bytes / 2**20:.1f}",
+                f"{m.task_bytes / 2**20:.1f}",
+                f"{m.resident_bytes / 2**20:.1f}",
+                f"{m.ratio:.2f}x",
+            )
+        console.print(mem)
+
+
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="bench")

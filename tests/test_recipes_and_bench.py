@@ -87,3 +87,24 @@ def test_bench_train_memory_runs() -> None:
     )
     assert result.returncode == 0, result.stderr[-1500:]
     assert "x LoRA memory" in result.stdout and "snell" in result.stdout
+
+
+def test_bench_serve_runs() -> None:
+    result = run_cli(
+        "bench",
+        "serve",
+        "--backbone",
+        "convnext_atto",
+        "--methods",
+        "ssf,lora",
+        "--tasks",
+        "2",
+        "--batch",
+        "4",
+        "--rounds",
+        "1",
+        "--resident",
+        "3",
+    )
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert "mixed / single" in result.stdout and "extra / task tensors" in result.stdout

@@ -81,10 +81,17 @@ def apply_weights(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def sparse_kernel_delta(
-    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, sparsity: float, soft: bool
+    x: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    alpha: torch.Tensor,
+    sparsity: float,
+    soft: bool,
+    dropout: nn.Module | None = None,
 ) -> torch.Tensor:
-    """x: (..., n) -> (..., S * m): x @ sparsified kernel delta for each of the S blocks."""
-    return apply_weights(x, sparse_weights(a, b, alpha, sparsity, soft))
+    """x: (..., n) -> (..., S * m): dropout(x) @ sparsified kernel delta for each of the S blocks. Inside the
+    checkpointed region, so neither the dense delta nor the dropped-out input is kept for backward."""
+    return apply_weights(dropout(x) if dropout is not None else x, sparse_weights(a, b, alpha, sparsity, soft))
 
 
 class KernelSparseDelta(PointwiseDelta):
@@ -106,16 +113,15 @@ class KernelSparseDelta(PointwiseDelta):
     def _task_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
         args = (x, self.snell_A[task], self.snell_B[task], self.alpha, self.sparsity, self.soft)
         if torch.is_grad_enabled() and self.snell_A.requires_grad:
-            if self.recompute:
-                return checkpoint(sparse_kernel_delta, *args, use_reentrant=False)
-            return sparse_kernel_delta(*args)
+            if self.recompute:  # the RNG state is replayed, so the recomputed dropout mask is the same
+                return checkpoint(sparse_kernel_delta, *args, self.dropout, use_reentrant=False)
+            return sparse_kernel_delta(*args, self.dropout)
         if self.cache is None:
             return sparse_kernel_delta(*args)
         key = (id(self), task, self.snell_A._version, self.snell_B._version)
         return apply_weights(x, self.cache.get(key, lambda: sparse_weights(*args[1:])))
 
     def delta(self, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        x = self.dropout(x)
         if rows is None:
             return self.drop_path(self._task_delta(x, 0))
         out = x.new_zeros(*x.shape[:-1], self.splits * self.block_out)

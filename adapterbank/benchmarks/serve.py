@@ -1,0 +1,148 @@
+"""Mixed-task serving throughput, side by side in one run (targets: DESIGN 8).
+
+Per method, on one backbone with `tasks` tasks in a bank:
+    single  a batch of one task on that task's merged weights (the ceiling: a plain timm model)
+    mixed   the same batch spread over all tasks, through TorchRuntime (per-sample task switching)
+    naive   the mixed batch served by switching merged weights per task group (load state, forward the group)
+    peft    (LoRA) Hugging Face PEFT's mixed-batch forward with `adapter_names`, on the same timm model
+Memory: bytes of distinct tensors a runtime holds with `resident` tasks, against backbone + task tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from adapterbank.backbones import backbone_state, create_backbone
+from adapterbank.bank.models import commit, create_bank, load_tasks, task_record
+from adapterbank.benchmarks.timing import interleaved_medians
+from adapterbank.inspection import perturb_task_parameters
+from adapterbank.runtime.torch_runtime import TorchRuntime
+from adapterbank.tuned import TunedModel
+
+
+@dataclass
+class ServeRow:
+    method: str
+    single_ips: float
+    mixed_ips: float
+    naive_ips: float
+    peft_ips: float | None
+
+    @property
+    def mixed_vs_single(self) -> float:
+        return self.mixed_ips / self.single_ips
+
+
+@dataclass
+class MemoryRow:
+    method: str
+    tasks: int
+    backbone_bytes: int
+    task_bytes: int
+    resident_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        """Resident extra over the task tensors: the target is <= 1.2."""
+        return (self.resident_bytes - self.backbone_bytes) / max(self.task_bytes, 1)
+
+
+def _fill_bank(folder: Path, backbone: torch.nn.Module, arch: str, method: str, count: int, classes: int) -> list[str]:
+    bank = create_bank(folder, backbone, arch, "random-init")
+    names = []
+    for i in range(count):
+        model = TunedModel(
+            copy.deepcopy(backbone), arch, method, [classes], backbone_fingerprint=bank.identity.fingerprint
+        )
+        perturb_task_parameters(model, seed=i)
+        names.append(f"{method}-{i}")
+        commit(bank, task_record(model, names[-1]))
+    return names
+
+
+def _distinct_bytes(runtime: TorchRuntime) -> int:
+    seen: dict[int, int] = {}
+    for group in runtime.groups:
+        for t in [*group.parameters(), *group.buffers()]:
+            seen[t.data_ptr()] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
+def _peft_forward(backbone: torch.nn.Module, arch: str, count: int, classes: int, rank: int):
+    import peft
+    import timm
+
+    model = timm.create_model(arch, num_classes=classes)
+    model.load_state_dict(backbone_state(backbone), strict=False)
+    config = peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=["qkv", "proj", "fc1", "fc2"])
+    wrapped = peft.get_peft_model(model, config, adapter_name="a0")
+    for i in range(1, count):
+        wrapped.add_adapter(f"a{i}", config)
+    return wrapped.eval()
+
+
+@torch.no_grad()
+def serve_benchmark(
+    arch: str = "vit_base_patch16_224",
+    methods: Sequence[str] = ("ssf", "bitfit", "lora", "snell"),
+    tasks: int = 8,
+    batch: int = 64,
+    rounds: int = 3,
+    resident: int = 100,
+    classes: int = 10,
+) -> tuple[list[ServeRow], list[MemoryRow]]:
+    torch.manual_seed(0)
+    backbone = create_backbone(arch)
+    x = torch.randn(batch, *backbone.pretrained_cfg["input_size"])
+    rows, memory = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for method in methods:
+            names = _fill_bank(Path(folder) / method, backbone, arch, method, tasks, classes)
+            bank_path = Path(folder) / method
+            runtime = TorchRuntime(bank_path)
+            mixed = [names[i % tasks] for i in range(batch)]
+            merged = {n: load_tasks(runtime.bank, [n])[0].merge(0).eval() for n in names}
+            states = {n: m.state_dict() for n, m in merged.items()}
+            plain = merged[names[0]]
+            groups = {n: [i for i, t in enumerate(mixed) if t == n] for n in names}
+
+            def naive(plain=plain, states=states, groups=groups) -> None:
+                for name, rows_of in groups.items():
+                    plain.load_state_dict(states[name])
+                    plain(x[rows_of])
+
+            candidates = {
+                "single": lambda plain=plain, states=states, first=names[0]: (
+                    plain.load_state_dict(states[first]),
+                    plain(x),
+                ),
+                "mixed": lambda runtime=runtime, mixed=mixed: runtime.predict(x, mixed),
+                "naive": naive,
+            }
+            if method == "lora":
+                peft_model = _peft_forward(backbone, arch, tasks, classes, 8)
+                adapters = [f"a{i % tasks}" for i in range(batch)]
+                candidates["peft"] = lambda m=peft_model, a=adapters: m(x, adapter_names=a)
+            seconds = interleaved_medians(candidates, rounds, warmup=1)
+            rows.append(
+                ServeRow(
+                    method,
+                    batch / seconds["single"],
+                    batch / seconds["mixed"],
+                    batch / seconds["naive"],
+                    batch / seconds["peft"] if "peft" in seconds else None,
+                )
+            )
+            if method in ("ssf", "lora", "bitfit") and resident:
+                many = _fill_bank(Path(folder) / f"{method}-many", backbone, arch, method, resident, classes)
+                big = TorchRuntime(Path(folder) / f"{method}-many")
+                per_task = sum(v.nbytes for v in big.bank.load(many[0]).tensors.values())
+                backbone_bytes = sum(t.numel() * t.element_size() for t in backbone_state(big.backbone).values())
+                memory.append(MemoryRow(method, resident, backbone_bytes, per_task * resident, _distinct_bytes(big)))
+    return rows, memory
