@@ -34,3 +34,14 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 
 def images(n: int, size: int = 224, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="session")
+def convnext_weights(tmp_path_factory) -> Path:
+    """Random convnext_atto weights saved as a plain timm .pth: a backbone checkpoint for CLI training runs."""
+    import timm
+
+    path = tmp_path_factory.mktemp("weights") / "convnext_atto.pth"
+    torch.manual_seed(0)
+    torch.save(timm.create_model("convnext_atto").state_dict(), path)
+    return path

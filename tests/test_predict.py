@@ -8,8 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import timm
-import torch
 
 from adapterbank.data import open_dataset
 from tests.conftest import SHARED_DATA, run_cli
@@ -21,10 +19,8 @@ DATASETS = {
 }
 
 
-def test_predict_reproduces_eval_and_isolates_bad_rows(tmp_path: Path) -> None:
-    weights = tmp_path / "w.pth"
-    torch.manual_seed(0)
-    torch.save(timm.create_model("convnext_atto").state_dict(), weights)
+def test_predict_reproduces_eval_and_isolates_bad_rows(tmp_path: Path, convnext_weights: Path) -> None:
+    weights = convnext_weights
     bank = tmp_path / "bank"
     for task, (data, method) in DATASETS.items():
         result = run_cli(

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 
 from adapterbank.bank.models import load_tasks
@@ -23,12 +22,9 @@ pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data
 DATA = SHARED_DATA / "vtab-1k" / "pneumonia"
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "convnext_atto.pth"
-    torch.manual_seed(0)
-    torch.save(timm.create_model("convnext_atto").state_dict(), path)
-    return path
+@pytest.fixture
+def checkpoint(convnext_weights: Path) -> Path:
+    return convnext_weights
 
 
 def train_args(checkpoint: Path, bank: Path, task: str, *extra: str) -> list[str]:

@@ -92,12 +92,17 @@ def load_tasks(
     classes = [len(r.class_names) for r in records]
     model = TunedModel(base, bank.identity.arch, first.method, classes, first.config, bank.identity.fingerprint)
     for index, record in enumerate(records):
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in record.tensors.items()}
-        try:
-            model.load_state(tensors, task=index)
-        except AdapterBankError as exc:
-            raise AdapterBankError(f"task '{record.name}': {exc}") from exc
+        load_record(model, record, index)
     return model.eval(), records
+
+
+def load_record(model: TunedModel, record: TaskRecord, slot: int) -> None:
+    """Put a banked task into one slot of a model; a missing or mis-shaped tensor is named with the task."""
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in record.tensors.items()}
+    try:
+        model.load_state(tensors, task=slot)
+    except AdapterBankError as exc:
+        raise AdapterBankError(f"task '{record.name}': {exc}") from exc
 
 
 def expected_shapes(arch: str, record: TaskRecord) -> dict[str, tuple[int, ...]]:

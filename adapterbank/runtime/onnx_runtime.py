@@ -21,10 +21,9 @@ import torch
 from onnx import numpy_helper
 
 from adapterbank.bank.store import Bank, TaskRecord
-from adapterbank.errors import AdapterBankError
 from adapterbank.export import MULTI_TASK_METHODS, export_multi_task, export_task
 from adapterbank.ort_sessions import session
-from adapterbank.runtime.slots import TaskSlot
+from adapterbank.runtime.slots import TaskSlot, rows_per_group
 
 
 class _Group:
@@ -101,16 +100,9 @@ class ONNXRuntime:
         return list(self.tasks)
 
     def predict(self, images: torch.Tensor, tasks: Sequence[str]) -> list[torch.Tensor]:
-        if len(tasks) != images.shape[0]:
-            raise AdapterBankError(f"{images.shape[0]} images but {len(tasks)} task names")
-        unknown = sorted({t for t in tasks if t not in self.tasks})
-        if unknown:
-            raise AdapterBankError(f"unknown task '{unknown[0]}' (serving: {', '.join(self.tasks) or 'none'})")
+        rows_by_group = rows_per_group(images, tasks, self.tasks)
         array = images.detach().cpu().float().numpy()
         out: list[torch.Tensor | None] = [None] * len(tasks)
-        rows_by_group: dict[int, list[int]] = {}
-        for row, name in enumerate(tasks):
-            rows_by_group.setdefault(self.tasks[name].group, []).append(row)
         for group_index, rows in rows_by_group.items():
             group = self.groups[group_index]
             feeds = {"images": array[rows]}

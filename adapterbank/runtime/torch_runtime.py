@@ -14,16 +14,14 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from adapterbank.bank.models import load_backbone
+from adapterbank.bank.models import load_backbone, load_record
 from adapterbank.bank.store import Bank, TaskRecord
-from adapterbank.errors import AdapterBankError
 from adapterbank.methods.delta_cache import DeltaCache
 from adapterbank.methods.snell import KernelSparseDelta
-from adapterbank.runtime.slots import TaskSlot
+from adapterbank.runtime.slots import TaskSlot, rows_per_group
 from adapterbank.tuned import TunedModel
 
 
@@ -73,11 +71,7 @@ class TorchRuntime:
                 self.bank.identity.fingerprint,
             )
             for slot, record in enumerate(members):
-                tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in record.tensors.items()}
-                try:
-                    model.load_state(tensors, task=slot)
-                except AdapterBankError as exc:
-                    raise AdapterBankError(f"task '{record.name}': {exc}") from exc
+                load_record(model, record, slot)
                 tasks[record.name] = TaskSlot(len(groups), slot, record.class_names, record)
             for module in model.modules():
                 if isinstance(module, KernelSparseDelta):
@@ -91,16 +85,9 @@ class TorchRuntime:
     @torch.no_grad()
     def predict(self, images: torch.Tensor, tasks: Sequence[str]) -> list[torch.Tensor]:
         """Logits of each sample under its own task (each of that task's class count), in input order."""
-        if len(tasks) != images.shape[0]:
-            raise AdapterBankError(f"{images.shape[0]} images but {len(tasks)} task names")
-        unknown = sorted({t for t in tasks if t not in self.tasks})
-        if unknown:
-            raise AdapterBankError(f"unknown task '{unknown[0]}' (serving: {', '.join(self.tasks) or 'none'})")
+        rows_by_group = rows_per_group(images, tasks, self.tasks)
         images = images.to(self.device)
         out: list[torch.Tensor | None] = [None] * len(tasks)
-        rows_by_group: dict[int, list[int]] = {}
-        for row, name in enumerate(tasks):
-            rows_by_group.setdefault(self.tasks[name].group, []).append(row)
         for group, rows in rows_by_group.items():
             model = self.groups[group]
             slots = torch.tensor([self.tasks[tasks[r]].slot for r in rows], device=self.device)
