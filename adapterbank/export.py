@@ -108,8 +108,12 @@ def temporary_paths(out: Path, *names: str) -> Iterator[list[Path]]:
 
 
 def to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: Sequence[str], path: Path, opset: int) -> None:
-    """torch.onnx.export (torch.export-based) with a dynamic batch axis on every input."""
+    """torch.onnx.export (torch.export-based) with a dynamic batch axis on every input.
+
+    Traced with at least two samples: torch.export specialises a size-1 dimension, which would pin the batch.
+    """
     batch = torch.export.Dim("batch", min=1, max=65536)
+    inputs = tuple(t if t.shape[0] >= 2 else t.repeat(2, *([1] * (t.ndim - 1))) for t in inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter (shared axis names, deprecations) is not for users
         try:
