@@ -22,6 +22,7 @@ from adapterbank.backbones import backbone_state, create_backbone
 from adapterbank.bank.models import commit, create_bank, load_tasks, task_record
 from adapterbank.benchmarks.timing import interleaved_medians
 from adapterbank.inspection import perturb_task_parameters
+from adapterbank.methods.placements import delta_targets
 from adapterbank.runtime.torch_runtime import TorchRuntime
 from adapterbank.tuned import TunedModel
 
@@ -80,7 +81,8 @@ def _peft_forward(backbone: torch.nn.Module, arch: str, count: int, classes: int
 
     model = timm.create_model(arch, num_classes=classes)
     model.load_state_dict(backbone_state(backbone), strict=False)
-    config = peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=["qkv", "proj", "fc1", "fc2"])
+    targets = [path for path, _ in delta_targets(model)]  # the modules adapterbank's LoRA tunes, in any family
+    config = peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=targets)
     wrapped = peft.get_peft_model(model, config, adapter_name="a0")
     for i in range(1, count):
         wrapped.add_adapter(f"a{i}", config)
