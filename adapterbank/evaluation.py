@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from adapterbank.bank.models import load_tasks
 from adapterbank.bank.store import Bank
 from adapterbank.data import open_dataset
@@ -33,8 +35,6 @@ def evaluate_task(
     size = int(training.get("image_size") or identity.input_size[-1])
     augment = training.get("augment", "none")
     transform = make_transform(augment, size, identity.mean, identity.std, identity.crop_pct, training=False)
-    import torch
-
     accuracy, n = evaluate(
         model, eval_loader(ImageDataset(samples, transform), batch_size, workers), torch.device("cpu")
     )
