@@ -35,7 +35,7 @@ FP32_TOLERANCE = 1e-4
 # to 3.4e-3 (EfficientNet-Lite0, folded BatchNorm) max abs logit error at logit scale <= 1: we allow 1e-2 of
 # the logit scale, ~20 unit roundoffs, about 3x the worst case seen.
 FP16_RELATIVE_TOLERANCE = 1e-2
-MULTI_TASK_METHODS = ("ssf", "bitfit", "lora", "linear")
+MULTI_TASK_METHODS = ("ssf", "bitfit", "lora", "linear", "adapter", "prefix", "prompt", "utuning")
 
 
 @dataclass
@@ -210,7 +210,7 @@ def export_task(
                 "opset": opset,
                 "precision": "fp16" if fp16 else "fp32",
                 "merged": merged,
-                "extra_ops": [] if merged else [model.method.name],
+                "extra_ops": [] if merged else model.method.extra_ops(model.config),
                 "inputs": {"images": ["batch", *bank.identity.input_size]},
                 "parity_max_abs_error": error,
                 "parity_batch": batch,

@@ -1,3 +1,14 @@
 """Method names, importable without torch: the bank validates them without building models."""
 
-METHOD_NAMES = ("snell", "ssf", "lora", "bitfit", "linear", "full")
+METHOD_NAMES = (
+    "snell",
+    "ssf",
+    "lora",
+    "adapter",
+    "prefix",
+    "prompt",
+    "utuning",
+    "bitfit",
+    "linear",
+    "full",
+)

@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
+import yaml
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -67,9 +69,25 @@ def _relaunch(num_gpus: int | None, hostfile: Path | None) -> None:
     raise typer.Exit(subprocess.call([*launcher, "--module", "cli", *args]))
 
 
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs with YAML-typed values (4 -> int, 0.1 -> float, true -> bool)."""
+    from adapterbank.errors import AdapterBankError
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise AdapterBankError(f"--option '{pair}' must look like KEY=VALUE, e.g. prefix_length=4")
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            options[key.strip()] = value
+    return options
+
+
 def train(
     task: str = typer.Option(..., "--task", help="Task name in the bank."),
-    method: str = typer.Option(..., "--method", help="snell, ssf, lora, bitfit, linear or full."),
+    method: str = typer.Option(..., "--method", help="See `adapterbank methods`."),
     data: Path = typer.Option(..., "--data", help="Dataset folder (VTAB-1k lists, FGVC json, ImageFolder, CSV)."),
     backbone: str | None = typer.Option(None, help="timm name (default: the bank's, or ViT-B/16 IN-21k)."),
     checkpoint: str | None = typer.Option(None, help="Backbone weights file, or 'packaged' (EfficientNet-Lite0)."),
@@ -81,6 +99,9 @@ def train(
     warmup_epochs: float | None = typer.Option(None, "--warmup-epochs"),
     rank: int | None = typer.Option(None, help="Rank for snell/lora."),
     sparsity: float | None = typer.Option(None, help="SNELL sparsity in [0, 1)."),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="Any method option as KEY=VALUE, e.g. -o prefix_length=4 (repeatable)."
+    ),
     recipe: str | None = typer.Option(None, help="Recipe name (e.g. vtab/cifar) or YAML file."),
     image_size: int | None = typer.Option(None, "--image-size"),
     augment: str | None = typer.Option(None, help="'none' (VTAB) or 'fgvc'."),
@@ -124,7 +145,7 @@ def train(
         num_workers=workers,
         resume=resume,
     )
-    settings = resolve(flags, {"rank": rank, "sparsity": sparsity})
+    settings = resolve(flags, {**parse_options(option), "rank": rank, "sparsity": sparsity})
     if settings.checkpoint and settings.checkpoint != "packaged" and not Path(settings.checkpoint).is_file():
         raise AdapterBankError(f"checkpoint '{settings.checkpoint}' does not exist")
     main = os.environ.get("RANK", "0") == "0"

@@ -17,10 +17,11 @@ from adapterbank.bank.models import commit, create_bank, load_tasks, task_record
 from adapterbank.bank.models import verify as verify_bank
 from adapterbank.bank.store import FORMAT_VERSION, Bank
 from adapterbank.inspection import perturb_task_parameters
+from adapterbank.method_names import METHOD_NAMES
 from tests.conftest import images, run_cli
 
 ARCH = "vit_tiny_patch16_224"
-ALL_METHODS = ["snell", "ssf", "lora", "bitfit", "linear", "full"]
+ALL_METHODS = list(METHOD_NAMES)
 
 
 @pytest.fixture(scope="module")

@@ -180,18 +180,3 @@ def test_cli_export_writes_graph_and_manifest(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "zero overhead" in result.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["t0.json", "t0.onnx"]
-
-
-def test_unmerged_export_keeps_extra_ops_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The path non-mergeable methods (prefix, prompt, non-linear adapters) take: the tuned model is exported
-    with its extra ops, parity still holds, and the manifest names them."""
-    bank, _ = _bank_with_tasks(tmp_path, "convnext_atto", "ssf", [4])
-    merged = export_task(bank, "t0", tmp_path / "merged")
-    monkeypatch.setattr("adapterbank.methods.ssf.SSF.mergeable", False)
-    result = export_task(bank, "t0", tmp_path / "unmerged")
-    assert result.parity_error <= 1e-4
-    manifest = json.loads(result.manifest.read_text())
-    assert manifest["merged"] is False and manifest["extra_ops"] == ["ssf"]
-    extra, plain = graph_stats(result.graph), graph_stats(merged.graph)
-    assert sum(extra["ops"].values()) > sum(plain["ops"].values())
-    assert extra["initializer_values"] > plain["initializer_values"]

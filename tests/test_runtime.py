@@ -23,6 +23,7 @@ TASKS = {
     "f1": ("ssf", 5),
     "f2": ("ssf", 2),
     "l1": ("lora", 3),
+    "a1": ("adapter", 4),
     "b1": ("bitfit", 4),
     "p1": ("linear", 6),
     "u1": ("full", 3),
@@ -42,14 +43,15 @@ def bank(tmp_path_factory) -> Bank:
 
 
 def merged_alone(bank: Bank, name: str, x: torch.Tensor) -> torch.Tensor:
+    """The task alone: merged when its method merges, else its own single-task model."""
     model, _ = load_tasks(bank, [name])
     with torch.no_grad():
-        return model.merge(0)(x)
+        return model.merge(0)(x) if model.method.mergeable else model(x)
 
 
 def test_mixed_batch_of_every_method(bank: Bank) -> None:
     runtime = TorchRuntime(bank)
-    order = ["f1", "s1", "u1", "l1", "f2", "p1", "s2", "b1", "f1", "s1"]
+    order = ["f1", "s1", "u1", "l1", "a1", "f2", "p1", "s2", "b1", "f1", "s1"]
     x = images(len(order), seed=4)
     out = runtime.predict(x, order)
     for row, name in enumerate(order):
@@ -105,8 +107,8 @@ def test_onnx_runtime_mixed_batch_of_every_method(bank: Bank) -> None:
     from adapterbank.runtime import ONNXRuntime
 
     runtime = ONNXRuntime(bank)
-    assert sum(g.multi for g in runtime.groups) == 4  # ssf, lora, bitfit, linear: one graph each
-    order = ["f1", "s1", "u1", "l1", "f2", "p1", "s2", "b1"]
+    assert sum(g.multi for g in runtime.groups) == 5  # ssf, lora, adapter, bitfit, linear: one graph each
+    order = ["f1", "s1", "u1", "l1", "a1", "f2", "p1", "s2", "b1"]
     x = images(len(order), seed=5)
     out = runtime.predict(x, order)
     for row, name in enumerate(order):

@@ -70,6 +70,28 @@ def test_one_process_run_commits_a_reproducible_task(checkpoint: Path, tmp_path:
     assert cli.returncode == 0 and f'"accuracy": {record.metrics["accuracy"]}' in cli.stdout
 
 
+def test_utuning_trains_with_method_options_on_a_vit(tmp_path: Path) -> None:
+    """`--method utuning` with options from -o, on a ViT (the family U-Tuning needs), through DeepSpeed to the bank."""
+    import timm
+
+    weights = tmp_path / "vit_tiny.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224").state_dict(), weights)
+    bank = tmp_path / "bank"
+    data = SHARED_DATA / "imagefolder" / "hymenoptera"
+    args = ["--task", "ants", "--method", "utuning", "--data", str(data), "--backbone", "vit_tiny_patch16_224"]
+    options = ["-o", "prefix_length=4", "-o", "prompt_length=2", "-o", "adapter_dim=4"]
+    result = run_cli(
+        "train", *args, "--checkpoint", str(weights), "--bank", str(bank), "--batch-size", "8", "--max-steps", "2",
+        "--workers", "0", *options,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = Bank(bank).load("ants")
+    assert record.method == "utuning" and record.config["prefix_length"] == 4 and record.config["adapter_dim"] == 4
+    assert tuple(record.shapes["blocks.0.attn.prompt"]) == (2, 192) and record.training["steps"] == 2
+    reproduced = evaluate_task(bank, "ants", data, None, workers=0)
+    assert reproduced["accuracy"] == record.metrics["accuracy"] and reproduced["n"] == 153
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -191,6 +213,12 @@ def test_resume_refuses_changed_settings(checkpoint: Path, tmp_path: Path) -> No
         ),
         (["train", "--task", "t", "--method", "ssf", "--data", str(DATA), "--epochs", "0"], "at least 1", {}),
         (["train", "--task", "a/b", "--method", "ssf", "--data", str(DATA)], "invalid task name", {}),
+        (["train", "--task", "t", "--method", "prefix", "--data", str(DATA), "-o", "length"], "KEY=VALUE", {}),
+        (
+            ["train", "--task", "t", "--method", "prefix", "--data", str(DATA), "-o", "depth=3"],
+            "method prefix has no option 'depth' (options: length)",
+            {},
+        ),
     ],
 )
 def test_train_bad_input_is_one_line(args: list[str], fragment: str, env: dict, tmp_path: Path) -> None:

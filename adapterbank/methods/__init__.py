@@ -6,14 +6,18 @@ from typing import Any
 
 from adapterbank.errors import AdapterBankError
 from adapterbank.method_names import METHOD_NAMES
+from adapterbank.methods.adapter import Adapter
 from adapterbank.methods.base import Method, MethodConfig
 from adapterbank.methods.baselines import Full, Linear
 from adapterbank.methods.bitfit import BitFit
 from adapterbank.methods.lora import LoRA
 from adapterbank.methods.snell import SNELL
 from adapterbank.methods.ssf import SSF
+from adapterbank.methods.utuning import Prefix, Prompt, UTuning
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SNELL, SSF, LoRA, BitFit, Linear, Full)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (SNELL, SSF, LoRA, Adapter, Prefix, Prompt, UTuning, BitFit, Linear, Full)
+}
 if tuple(METHODS) != METHOD_NAMES:
     raise RuntimeError("adapterbank.method_names.METHOD_NAMES is out of date with the method registry")
 

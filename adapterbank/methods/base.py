@@ -83,6 +83,10 @@ class Method:
         if extra:
             raise AdapterBankError(f"unexpected tensor '{extra[0]}' for method {self.name}")
 
+    def extra_ops(self, config: MethodConfig) -> list[str]:
+        """What an unmerged export computes beyond the backbone's own ops (named in the export manifest)."""
+        return []
+
     def merge(self, model: nn.Module, task: int) -> nn.Module:
         merged = copy.deepcopy(model)
         for path, module in task_modules(merged):

@@ -7,6 +7,7 @@ from typing import Any
 
 from adapterbank.bank.store import check_task_name
 from adapterbank.errors import AdapterBankError
+from adapterbank.methods import get_method, make_config
 from adapterbank.recipes import load_recipe
 
 DEFAULT_BACKBONE = "vit_base_patch16_224.orig_in21k"  # ViT-B/16 ImageNet-21k, as the papers
@@ -43,6 +44,7 @@ class TrainSettings:
 
     def validate(self) -> None:
         check_task_name(self.task)  # before hours of training, not at commit time
+        make_config(get_method(self.method), self.options)
         for name in ("epochs", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise AdapterBankError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
