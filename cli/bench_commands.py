@@ -54,9 +54,10 @@ def accuracy(
     data: Path = typer.Option(Path("../shared/data"), help="Folder of dataset folders."),
     bank: Path = typer.Option(Path("bench-bank"), "--bank", help="Bank the runs commit to."),
     tasks: str | None = typer.Option(None, help="Comma-separated task folder names (default: all)."),
-    methods: str = typer.Option("linear,full,bitfit,ssf,lora,snell"),
+    methods: str = typer.Option("linear,full,bitfit,ssf,lora,snell,adapter"),
     recipe: str = typer.Option("cpu/short", help="Training recipe for every run."),
     markdown: bool = typer.Option(False, "--markdown", help="Also print a Markdown table."),
+    reuse: bool = typer.Option(False, "--reuse", help="Read back runs the bank holds with identical settings."),
 ) -> None:
     """Train every method on every task on real EfficientNet-Lite0 weights; accuracy, size and time per run."""
     from adapterbank.benchmarks.accuracy import accuracy_table
@@ -73,7 +74,7 @@ def accuracy(
 
     chosen = [t for t in (tasks or "").split(",") if t] or None
     try:
-        rows = accuracy_table(data, bank, chosen, [m for m in methods.split(",") if m], recipe, reporter)
+        rows = accuracy_table(data, bank, chosen, [m for m in methods.split(",") if m], recipe, reporter, reuse)
     finally:
         for old in reporters:
             old.stop()

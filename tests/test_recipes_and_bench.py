@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from adapterbank import AdapterBankError
+from adapterbank.method_names import METHOD_NAMES
 from adapterbank.recipes import load_recipe
 from adapterbank.training.settings import resolve
-from tests.conftest import run_cli
+from tests.conftest import SHARED_DATA, run_cli
 
 
 def test_vtab_recipe_follows_snell_script_and_flags_override() -> None:
@@ -31,9 +32,16 @@ def test_every_recipe_loads_for_every_method() -> None:
     names = [str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")]
     assert len(names) >= 25
     for name in names:
-        for method in ("snell", "ssf", "lora", "bitfit", "linear", "full"):
+        for method in METHOD_NAMES:  # resolve validates the method options too
             settings = resolve({"task": "t", "method": method, "data": "x", "recipe": name}, {})
             assert settings.epochs >= 1 and settings.lr > 0
+
+
+def test_utuning_family_recipes_follow_vpt_and_the_release() -> None:
+    assert load_recipe("vtab/svhn", "prompt")["length"] == 50 and load_recipe("vtab/dtd", "prompt")["length"] == 10
+    utuning = resolve({"task": "t", "method": "utuning", "data": "x", "recipe": "fgvc/cub"}, {})
+    assert utuning.options == {"prefix_length": 8, "prompt_length": 8, "adapter_dim": 8}
+    assert resolve({"task": "t", "method": "adapter", "data": "x", "recipe": "vtab/dtd"}, {}).options["dim"] == 8
 
 
 def test_bad_recipes(tmp_path: Path) -> None:
@@ -108,3 +116,22 @@ def test_bench_serve_runs() -> None:
     )
     assert result.returncode == 0, result.stderr[-1500:]
     assert "mixed / single" in result.stdout and "extra / task tensors" in result.stdout
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
+def test_bench_accuracy_trains_then_reuses_identical_runs(tmp_path: Path) -> None:
+    """Real EfficientNet-Lite0 weights, one short run; a second call with --reuse reads it back without training."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("image_size: 32\nepochs: 1\nmax_steps: 1\nbatch_size: 8\nlr: 0.01\nnum_workers: 0\n")
+    args = ["bench", "accuracy", "--tasks", "hymenoptera", "--methods", "linear,adapter", "--recipe", str(recipe)]
+    args += ["--bank", str(tmp_path / "bank"), "--markdown"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr[-1500:]
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "bank").glob("tasks/*")}
+    assert len(files) == 2
+    again = run_cli(*args, "--reuse")
+    assert again.returncode == 0, again.stderr[-1500:]
+    assert {p: p.stat().st_mtime_ns for p in files} == files  # nothing retrained
+    table = [line for line in again.stdout.splitlines() if line.startswith("| hymenoptera")]
+    assert table == [line for line in first.stdout.splitlines() if line.startswith("| hymenoptera")]
+    assert len(table) == 2 and "| adapter |" in table[1]

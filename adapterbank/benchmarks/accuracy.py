@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,11 +11,11 @@ from pathlib import Path
 from adapterbank.bank.store import Bank
 from adapterbank.data.layouts import detect_layout
 from adapterbank.errors import AdapterBankError
-from adapterbank.training.settings import resolve
+from adapterbank.training.settings import TrainSettings, resolve
 from adapterbank.training.trainer import Reporter, train
 from adapterbank.weights import PACKAGED_ARCH
 
-METHODS = ("linear", "full", "bitfit", "ssf", "lora", "snell")
+METHODS = ("linear", "full", "bitfit", "ssf", "lora", "snell", "adapter")
 
 
 @dataclass
@@ -48,7 +50,10 @@ def accuracy_table(
     methods: Sequence[str] = METHODS,
     recipe: str = "cpu/short",
     reporter: Callable[[str, str], Reporter] | None = None,
+    reuse: bool = False,
 ) -> list[AccuracyRow]:
+    """One run per task x method. With `reuse`, a run the bank already holds with identical settings is read back
+    instead of retrained (so a new method joins an existing table without redoing the others)."""
     available = find_tasks(data_root)
     chosen = list(tasks) if tasks else list(available)
     unknown = [t for t in chosen if t not in available]
@@ -69,17 +74,27 @@ def accuracy_table(
             )
             settings = resolve(flags, {})
             settings.eval_every = settings.epochs
-            result = train(settings, reporter(task, method) if reporter else None)
+            if not (reuse and _same_run(Bank(bank), name, settings)):
+                train(settings, reporter(task, method) if reporter else None)
             record = Bank(bank).load(name, with_tensors=False)
             rows.append(
                 AccuracyRow(
                     task,
                     method,
-                    result.accuracy,
-                    result.n,
+                    record.metrics["accuracy"],
+                    record.metrics["n"],
                     record.num_values,
                     Bank(bank).task_file(name).stat().st_size,
-                    result.seconds,
+                    record.training["seconds"],
                 )
             )
     return rows
+
+
+def _same_run(bank: Bank, name: str, settings: TrainSettings) -> bool:
+    if not bank.path.is_dir() or name not in bank.tasks():
+        return False
+    """Every setting given equals the stored run's (unset ones, e.g. the split, were resolved from the same data)."""
+    wanted = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(settings))).items() if v is not None}
+    training = bank.load(name, with_tensors=False).training
+    return {key: training.get(key) for key in wanted} == wanted

@@ -4,18 +4,19 @@ Per matrix, low-rank A (P, n, r/P) and B (P, m, r/P) define a full-rank delta th
 kernel S = sum_p alpha_p * cdist(A_p, B_p) with P = 2, alpha = (+0.1, -0.1). Every forward keeps only the (1 - s)
 largest |S| entries: hard threshold with the magnitude factor as the released code (S * |S| * 1[|S| > tau]), or
 the paper's soft threshold (S * max(|S| - tau, 0)). tau is the k-th smallest |S| (kthvalue, not quantile, which
-refuses > 2^24 entries). The dense n x m delta is recomputed in backward instead of being stored.
+refuses > 2^24 entries). The dense n x m delta is rebuilt in backward instead of being stored.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 from timm.layers import DropPath
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.nn import functional as F
 
 from adapterbank.errors import AdapterBankError
 from adapterbank.methods.base import Method, MethodConfig
@@ -59,15 +60,25 @@ def kernel_matrix(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor) -> torc
     return torch.einsum("spnm,p->snm", dist, alpha)
 
 
+def threshold(magnitude: torch.Tensor, sparsity: float) -> torch.Tensor | None:
+    """tau per (n, m) matrix: the floor(s * n * m)-th smallest |S| (None when nothing is zeroed)."""
+    count = int(sparsity * magnitude.shape[1] * magnitude.shape[2])
+    if count == 0:
+        return None
+    return magnitude.flatten(1).kthvalue(count, dim=1).values.view(-1, 1, 1)
+
+
+def keep_factor(magnitude: torch.Tensor, tau: torch.Tensor | None, soft: bool) -> torch.Tensor | float:
+    """What each entry of S is multiplied by: |S| 1[|S| > tau] (hard, released code) or max(|S| - tau, 0) (soft)."""
+    if tau is None:
+        return 1.0
+    return (magnitude - tau).clamp_min(0) if soft else magnitude * (magnitude > tau)
+
+
 def sparsify(k: torch.Tensor, sparsity: float, soft: bool) -> torch.Tensor:
     """Zero the floor(s * n * m) smallest-magnitude entries of each (n, m) matrix, weighting the survivors."""
-    count = int(sparsity * k.shape[1] * k.shape[2])
-    if count == 0:
-        return k
     magnitude = k.detach().abs()
-    tau = magnitude.flatten(1).kthvalue(count, dim=1).values.view(-1, 1, 1)
-    factor = (magnitude - tau).clamp_min(0) if soft else magnitude * (magnitude > tau)
-    return k * factor
+    return k * keep_factor(magnitude, threshold(magnitude, sparsity), soft)
 
 
 def sparse_weights(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, sparsity: float, soft: bool) -> torch.Tensor:
@@ -81,17 +92,73 @@ def apply_weights(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def sparse_kernel_delta(
-    x: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    alpha: torch.Tensor,
-    sparsity: float,
-    soft: bool,
-    dropout: nn.Module | None = None,
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, sparsity: float, soft: bool
 ) -> torch.Tensor:
-    """x: (..., n) -> (..., S * m): dropout(x) @ sparsified kernel delta for each of the S blocks. Inside the
-    checkpointed region, so neither the dense delta nor the dropped-out input is kept for backward."""
-    return apply_weights(dropout(x) if dropout is not None else x, sparse_weights(a, b, alpha, sparsity, soft))
+    """x: (..., n) -> (..., S * m): x @ sparsified kernel delta for each of the S blocks."""
+    return apply_weights(x, sparse_weights(a, b, alpha, sparsity, soft))
+
+
+def _rng_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _replayed_dropout_scale(like: torch.Tensor, p: float, state: torch.Tensor) -> torch.Tensor:
+    """The dropout mask / (1 - p) that F.dropout drew from RNG `state` for a tensor shaped like `like`."""
+    devices = [like.device] if like.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        if devices:
+            torch.cuda.set_rng_state(state, like.device)
+        else:
+            torch.set_rng_state(state)
+        return F.dropout(torch.ones_like(like), p, training=True)
+
+
+class SparseKernelBranch(torch.autograd.Function):
+    """y = dropout(x) @ W(A, B) without keeping W: backward rebuilds W from A, B and the forward's threshold tau
+    (no second k-th value search, no second forward product, unlike generic activation checkpointing) and replays
+    the dropout mask from the saved RNG state. Gradients equal autograd's through `sparse_kernel_delta` (|S| in
+    the keep factor is treated as a constant, as there)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        alpha: torch.Tensor,
+        sparsity: float,
+        soft: bool,
+        p: float,
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            k = kernel_matrix(a, b, alpha)
+            tau = threshold(k.abs(), sparsity)
+            state = _rng_state(x.device) if p else None
+            dropped = F.dropout(x, p, training=True) if p else x
+            out = apply_weights(dropped, k * keep_factor(k.abs(), tau, soft))
+        ctx.save_for_backward(x, a, b, alpha, *(() if tau is None else (tau,)))
+        ctx.soft, ctx.p, ctx.state = soft, p, state
+        return out
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, a, b, alpha, *tau = ctx.saved_tensors
+        with torch.enable_grad():
+            a_, b_ = a.detach().requires_grad_(), b.detach().requires_grad_()
+            k = kernel_matrix(a_, b_, alpha)
+        factor = keep_factor(k.detach().abs(), tau[0] if tau else None, ctx.soft)
+        weights = k.detach() * factor
+        scale = _replayed_dropout_scale(x, ctx.p, ctx.state) if ctx.p else None
+        dropped = x * scale if scale is not None else x
+        g = grad.unflatten(-1, (weights.shape[0], weights.shape[2]))
+        grad_x = torch.einsum("...sm,snm->...n", g, weights.to(g.dtype))
+        if scale is not None:
+            grad_x = grad_x * scale
+        grad_w = torch.einsum("tn,tsm->snm", dropped.reshape(-1, x.shape[-1]), g.reshape(-1, *g.shape[-2:]))
+        grad_a, grad_b = torch.autograd.grad(k, (a_, b_), (grad_w.to(k.dtype) * factor))
+        return grad_x.to(x.dtype), grad_a, grad_b, None, None, None, None
 
 
 class KernelSparseDelta(PointwiseDelta):
@@ -113,9 +180,10 @@ class KernelSparseDelta(PointwiseDelta):
     def _task_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
         args = (x, self.snell_A[task], self.snell_B[task], self.alpha, self.sparsity, self.soft)
         if torch.is_grad_enabled() and self.snell_A.requires_grad:
-            if self.recompute:  # the RNG state is replayed, so the recomputed dropout mask is the same
-                return checkpoint(sparse_kernel_delta, *args, self.dropout, use_reentrant=False)
-            return sparse_kernel_delta(*args, self.dropout)
+            if self.recompute:
+                p = self.dropout.p if isinstance(self.dropout, nn.Dropout) and self.training else 0.0
+                return SparseKernelBranch.apply(*args, p)
+            return sparse_kernel_delta(self.dropout(x), *args[1:])
         if self.cache is None:
             return sparse_kernel_delta(*args)
         key = (id(self), task, self.snell_A._version, self.snell_B._version)
