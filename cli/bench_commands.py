@@ -58,8 +58,12 @@ def accuracy(
     recipe: str = typer.Option("cpu/short", help="Training recipe for every run."),
     markdown: bool = typer.Option(False, "--markdown", help="Also print a Markdown table."),
     reuse: bool = typer.Option(False, "--reuse", help="Read back runs the bank holds with identical settings."),
+    backbone: str = typer.Option("tf_efficientnet_lite0", help="timm name (ViT/Swin for prefix, prompt, utuning)."),
+    checkpoint: str | None = typer.Option(
+        "packaged", help="Backbone weights file; 'packaged' = EfficientNet-Lite0's installed ImageNet weights."
+    ),
 ) -> None:
-    """Train every method on every task on real EfficientNet-Lite0 weights; accuracy, size and time per run."""
+    """Train every method on every task (real EfficientNet-Lite0 weights by default); accuracy, size, time per run."""
     from adapterbank.benchmarks.accuracy import accuracy_table
     from cli.train_commands import ProgressReporter
 
@@ -74,7 +78,8 @@ def accuracy(
 
     chosen = [t for t in (tasks or "").split(",") if t] or None
     try:
-        rows = accuracy_table(data, bank, chosen, [m for m in methods.split(",") if m], recipe, reporter, reuse)
+        chosen_methods = [m for m in methods.split(",") if m]
+        rows = accuracy_table(data, bank, chosen, chosen_methods, recipe, reporter, reuse, backbone, checkpoint)
     finally:
         for old in reporters:
             old.stop()

@@ -72,7 +72,13 @@ def inspect(
             for k, v in (("rank", rank), ("sparsity", sparsity))
             if k in METHODS[name].config_type.__dataclass_fields__
         }
-        report = inspect_method(model, backbone, name, options, num_classes, images)
+        try:
+            report = inspect_method(model, backbone, name, options, num_classes, images)
+        except AdapterBankError:
+            if method != "all":
+                raise
+            table.add_row(name, "-", "-", "-", "not for this backbone", "-")
+            continue
         same = "n/a" if report.merged_same_as_bare is None else ("yes" if report.merged_same_as_bare else "NO")
         diff = "n/a" if report.max_logit_diff is None else f"{report.max_logit_diff:.2e}"
         share = 100.0 * report.trainable / report.backbone_params

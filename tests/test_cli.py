@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import timm
 
+from adapterbank.method_names import METHOD_NAMES
 from tests import checkpoint_formats as fmt
 from tests.conftest import run_cli
 
@@ -27,13 +28,18 @@ def test_inspect_shows_every_method_merging_on_real_weights() -> None:
     for method in ("snell", "ssf", "lora", "bitfit", "linear", "full"):
         row = next(line for line in result.stdout.splitlines() if f" {method} " in line)
         assert " yes " in row
+    adapter = next(line for line in result.stdout.splitlines() if " adapter " in line)
+    assert " n/a " in adapter  # trains, cannot merge
+    utuning = next(line for line in result.stdout.splitlines() if " utuning " in line)
+    assert "not for this" in utuning
     assert "efficientnet-lite0" in result.stdout
 
 
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["inspect", "--method", "snel"], ["unknown method 'snel'", "snell, ssf, lora, bitfit, linear, full"]),
+        (["inspect", "--method", "snel"], ["unknown method 'snel'", "snell, ssf, lora, adapter, prefix, prompt"]),
+        (["inspect", "--method", "prefix"], ["method prefix extends self-attention", "not EfficientNet"]),
         (["inspect", "--backbone", "vit_tiny", "--checkpoint", "none"], ["unknown backbone", "vit_tiny_patch16_224"]),
         (
             ["inspect", "--method", "snell", "--rank", "7", "--backbone", "convnext_atto", "--checkpoint", "none"],
@@ -74,5 +80,5 @@ def test_debug_shows_the_traceback() -> None:
 def test_methods_lists_all() -> None:
     result = run_cli("methods")
     assert result.returncode == 0
-    for method in ("snell", "ssf", "lora", "bitfit", "linear", "full"):
+    for method in METHOD_NAMES:
         assert method in result.stdout

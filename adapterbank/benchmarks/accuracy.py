@@ -51,6 +51,8 @@ def accuracy_table(
     recipe: str = "cpu/short",
     reporter: Callable[[str, str], Reporter] | None = None,
     reuse: bool = False,
+    backbone: str = PACKAGED_ARCH,
+    checkpoint: str | None = "packaged",
 ) -> list[AccuracyRow]:
     """One run per task x method. With `reuse`, a run the bank already holds with identical settings is read back
     instead of retrained (so a new method joins an existing table without redoing the others)."""
@@ -68,8 +70,8 @@ def accuracy_table(
                 method=method,
                 data=str(available[task]),
                 bank=str(bank),
-                backbone=PACKAGED_ARCH,
-                checkpoint="packaged",
+                backbone=backbone,
+                checkpoint=checkpoint,
                 recipe=recipe,
             )
             settings = resolve(flags, {})

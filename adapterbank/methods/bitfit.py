@@ -19,8 +19,8 @@ class TaskBias(ChannelwiseModule):
         frozen = base.bias.detach()
         self.bias = nn.Parameter(frozen.float().clone().unsqueeze(0).repeat(router.num_tasks, 1))
 
-    def adjust(self, y: torch.Tensor) -> torch.Tensor:
-        return y + self.per_channel(self.bias - self.base.bias.detach(), y)
+    def task_affine(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        return None, self.bias - self.base.bias.detach()
 
     def merged(self, task: int) -> nn.Module:
         module = self.merged_base()

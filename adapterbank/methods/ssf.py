@@ -26,8 +26,8 @@ class ScaleShift(ChannelwiseModule):
         self.ssf_scale = nn.Parameter(torch.empty(router.num_tasks, c).normal_(1.0, init_std))
         self.ssf_shift = nn.Parameter(torch.empty(router.num_tasks, c).normal_(0.0, init_std))
 
-    def adjust(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.per_channel(self.ssf_scale, y) + self.per_channel(self.ssf_shift, y)
+    def task_affine(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        return self.ssf_scale, self.ssf_shift
 
     def merged(self, task: int) -> nn.Module:
         module = self.merged_base()
