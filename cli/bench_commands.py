@@ -143,7 +143,7 @@ def train_memory(
 @app.command("serve")
 def serve(
     backbone: str = typer.Option("vit_base_patch16_224"),
-    methods: str = typer.Option("ssf,bitfit,lora,snell"),
+    methods: str = typer.Option("ssf,bitfit,lora,snell,adapter", help="Add utuning, prefix, prompt on ViT/Swin."),
     tasks: int = typer.Option(8, min=2, help="Tasks the mixed batch is spread over."),
     batch: int = typer.Option(64, min=2),
     rounds: int = typer.Option(3, min=1),

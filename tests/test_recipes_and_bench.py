@@ -104,7 +104,7 @@ def test_bench_serve_runs() -> None:
         "--backbone",
         "convnext_atto",
         "--methods",
-        "ssf,lora",
+        "ssf,lora,adapter",
         "--tasks",
         "2",
         "--batch",

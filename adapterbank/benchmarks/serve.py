@@ -1,7 +1,8 @@
 """Mixed-task serving throughput, side by side in one run (targets: DESIGN 8).
 
 Per method, on one backbone with `tasks` tasks in a bank:
-    single  a batch of one task on that task's merged weights (the ceiling: a plain timm model)
+    single  a batch of one task on that task's merged weights (the ceiling: a plain timm model); for methods
+            that cannot merge (adapter, prefix, prompt, utuning), on its one-task model with the extra ops
     mixed   the same batch spread over all tasks, through TorchRuntime (per-sample task switching)
     naive   the mixed batch served by switching merged weights per task group (load state, forward the group)
     peft    (LoRA) Hugging Face PEFT's mixed-batch forward with `adapter_names`, on the same timm model
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,18 @@ def _peft_forward(backbone: torch.nn.Module, arch: str, count: int, classes: int
 
 
 @torch.no_grad()
+def _one_task_model(runtime: TorchRuntime, names: Sequence[str]) -> tuple[torch.nn.Module, dict, Callable]:
+    """A one-task model, each task's weights, and how to switch between them: the merged timm model and its whole
+    state for methods that merge; else the tuned model with its extra ops and only the task's tensors."""
+    models = {n: load_tasks(runtime.bank, [n])[0].eval() for n in names}
+    first = models[names[0]]
+    if first.method.mergeable:
+        merged = {n: m.merge(0) for n, m in models.items()}
+        plain = merged[names[0]]
+        return plain, {n: m.state_dict() for n, m in merged.items()}, plain.load_state_dict
+    return first, {n: m.state(0) for n, m in models.items()}, first.load_state
+
+
 def serve_benchmark(
     arch: str = "vit_base_patch16_224",
     methods: Sequence[str] = ("ssf", "bitfit", "lora", "snell"),
@@ -109,19 +122,17 @@ def serve_benchmark(
             bank_path = Path(folder) / method
             runtime = TorchRuntime(bank_path)
             mixed = [names[i % tasks] for i in range(batch)]
-            merged = {n: load_tasks(runtime.bank, [n])[0].merge(0).eval() for n in names}
-            states = {n: m.state_dict() for n, m in merged.items()}
-            plain = merged[names[0]]
+            plain, states, switch = _one_task_model(runtime, names)
             groups = {n: [i for i, t in enumerate(mixed) if t == n] for n in names}
 
-            def naive(plain=plain, states=states, groups=groups) -> None:
+            def naive(plain=plain, states=states, groups=groups, switch=switch) -> None:
                 for name, rows_of in groups.items():
-                    plain.load_state_dict(states[name])
+                    switch(states[name])
                     plain(x[rows_of])
 
             candidates = {
-                "single": lambda plain=plain, states=states, first=names[0]: (
-                    plain.load_state_dict(states[first]),
+                "single": lambda plain=plain, states=states, first=names[0], switch=switch: (
+                    switch(states[first]),
                     plain(x),
                 ),
                 "mixed": lambda runtime=runtime, mixed=mixed: runtime.predict(x, mixed),
@@ -141,7 +152,7 @@ def serve_benchmark(
                     batch / seconds["peft"] if "peft" in seconds else None,
                 )
             )
-            if method in ("ssf", "lora", "bitfit") and resident:
+            if method in ("ssf", "lora", "bitfit", "adapter", "utuning") and resident:
                 many = _fill_bank(Path(folder) / f"{method}-many", backbone, arch, method, resident, classes)
                 big = TorchRuntime(Path(folder) / f"{method}-many")
                 per_task = sum(v.nbytes for v in big.bank.load(many[0]).tensors.values())

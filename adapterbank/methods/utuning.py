@@ -65,30 +65,37 @@ class UTuningConfig(MethodConfig):
         check_positive_int("adapter_dim", self.adapter_dim)
 
 
-class Prefix(Method):
+class AttentionTokens(Method):
+    """Prefix and prompt: extra keys and values in every self-attention, `lengths` = (prefix, prompt)."""
+
+    mergeable = False
+
+    def lengths(self, config: MethodConfig) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def attach(self, model: nn.Module, config: MethodConfig, router: TaskRouter) -> None:
+        attach_attention_tokens(model, router, self.name, *self.lengths(config))
+
+    def extra_ops(self, config: MethodConfig) -> list[str]:
+        return token_ops(*self.lengths(config))
+
+
+class Prefix(AttentionTokens):
     name = "prefix"
     summary = "learned keys and values in every self-attention (prefix tuning, U-Tuning's MHA tuner)"
     config_type = PrefixConfig
-    mergeable = False
 
-    def attach(self, model: nn.Module, config: PrefixConfig, router: TaskRouter) -> None:
-        attach_attention_tokens(model, router, self.name, config.length, 0)
-
-    def extra_ops(self, config: PrefixConfig) -> list[str]:
-        return token_ops(config.length, 0)
+    def lengths(self, config: PrefixConfig) -> tuple[int, int]:
+        return config.length, 0
 
 
-class Prompt(Method):
+class Prompt(AttentionTokens):
     name = "prompt"
     summary = "learned prompt tokens at every block (VPT-deep), computed as extra keys and values"
     config_type = PromptConfig
-    mergeable = False
 
-    def attach(self, model: nn.Module, config: PromptConfig, router: TaskRouter) -> None:
-        attach_attention_tokens(model, router, self.name, 0, config.length)
-
-    def extra_ops(self, config: PromptConfig) -> list[str]:
-        return token_ops(0, config.length)
+    def lengths(self, config: PromptConfig) -> tuple[int, int]:
+        return 0, config.length
 
 
 class UTuning(Method):
