@@ -125,13 +125,17 @@ def train_memory(
 
     rows = measure(backbone, batch, steps, rank, [m for m in methods.split(",") if m])
     lora = next((r for r in rows if r.method == "lora"), rows[0])
-    table = Table("method", "trainable", "peak MiB", "x LoRA memory", "step s", "x LoRA time")
+    table = Table(
+        "method", "trainable", "peak MiB", "x LoRA memory", "saved activations MiB", "x LoRA", "step s", "x LoRA time"
+    )
     for row in rows:
         table.add_row(
             row.method,
             f"{row.trainable:,}",
             f"{row.peak_mib:,.0f}",
             f"{row.peak_mib / lora.peak_mib:.3f}",
+            f"{row.saved_mib:,.0f}",
+            f"{row.saved_mib / lora.saved_mib:.3f}" if lora.saved_mib else "-",
             f"{row.step_seconds:.2f}",
             f"{row.step_seconds / lora.step_seconds:.3f}",
         )

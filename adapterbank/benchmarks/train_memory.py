@@ -1,13 +1,16 @@
 """Peak training memory and step time per method, each in a fresh process (so peaks do not mix), side by side.
 
 CPU: peak resident set size of the process (ru_maxrss). GPU: torch.cuda.max_memory_allocated. The step is what
-training runs: forward, cross-entropy, backward, AdamW update of the trainable tensors.
+training runs: forward, cross-entropy, backward, AdamW update of the trainable tensors. Beside the peak, the
+activations autograd keeps between forward and backward (distinct storages, model weights excluded): exact and
+allocator-independent, where CPU peak RSS also counts freed memory the allocator has not returned.
 
     python -m adapterbank.benchmarks.train_memory METHOD ARCH BATCH STEPS RANK   (one measurement, prints JSON)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import subprocess
@@ -23,6 +26,7 @@ METHODS = ("full", "linear", "lora", "ssf", "snell")
 class MemoryRow:
     method: str
     peak_mib: float
+    saved_mib: float
     step_seconds: float
     trainable: int
     device: str
@@ -41,10 +45,20 @@ def measure_one(method: str, arch: str, batch: int, steps: int, rank: int) -> di
     optimizer = torch.optim.AdamW(model.param_groups(1e-4), lr=1e-4)
     images = torch.randn(batch, *model.model.pretrained_cfg["input_size"], device=device)
     labels = torch.randint(0, 100, (batch,), device=device)
+    weights = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    saved: dict[int, int] = {}
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
     times = []
-    for _ in range(steps + 1):  # the first step allocates optimizer state; it is not timed
+    for step in range(steps + 1):  # the first step allocates optimizer state; it is not timed
         start = time.perf_counter()
-        loss = F.cross_entropy(model(images), labels)
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t) if step == 0 else contextlib.nullcontext():
+            loss = F.cross_entropy(model(images), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -58,6 +72,7 @@ def measure_one(method: str, arch: str, batch: int, steps: int, rank: int) -> di
     return {
         "method": method,
         "peak_mib": peak,
+        "saved_mib": sum(saved.values()) / 2**20,
         "step_seconds": sorted(times[1:])[len(times[1:]) // 2],
         "trainable": model.num_trainable(),
         "device": device.type,
