@@ -119,11 +119,15 @@ def train_memory(
     steps: int = typer.Option(2, min=1, help="Timed steps per method (after one untimed)."),
     rank: int = typer.Option(8, help="Rank of LoRA and SNELL."),
     methods: str = typer.Option("full,linear,lora,ssf,snell"),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="KEY=VALUE for every method that has it, e.g. -o dropout=0 -o drop_path=0."
+    ),
 ) -> None:
     """Peak training memory and step time per method (fresh process each), as ratios to LoRA."""
     from adapterbank.benchmarks.train_memory import train_memory as measure
+    from cli.options import parse_options
 
-    rows = measure(backbone, batch, steps, rank, [m for m in methods.split(",") if m])
+    rows = measure(backbone, batch, steps, rank, [m for m in methods.split(",") if m], parse_options(option))
     lora = next((r for r in rows if r.method == "lora"), rows[0])
     table = Table(
         "method", "trainable", "peak MiB", "x LoRA memory", "saved activations MiB", "x LoRA", "step s", "x LoRA time"

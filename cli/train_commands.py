@@ -7,13 +7,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import typer
-import yaml
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from cli.options import parse_options
 from cli.output import console
 
 
@@ -67,22 +66,6 @@ def _relaunch(num_gpus: int | None, hostfile: Path | None) -> None:
     if hostfile is not None:
         launcher += ["--hostfile", str(hostfile)]
     raise typer.Exit(subprocess.call([*launcher, "--module", "cli", *args]))
-
-
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """KEY=VALUE pairs with YAML-typed values (4 -> int, 0.1 -> float, true -> bool)."""
-    from adapterbank.errors import AdapterBankError
-
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise AdapterBankError(f"--option '{pair}' must look like KEY=VALUE, e.g. prefix_length=4")
-        try:
-            options[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            options[key.strip()] = value
-    return options
 
 
 def train(

@@ -92,6 +92,8 @@ def test_bench_train_memory_runs() -> None:
         "1",
         "--methods",
         "linear,lora,snell",
+        "-o",
+        "drop_path=0",
     )
     assert result.returncode == 0, result.stderr[-1500:]
     assert "x LoRA memory" in result.stdout and "snell" in result.stdout

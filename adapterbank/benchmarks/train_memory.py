@@ -5,7 +5,7 @@ training runs: forward, cross-entropy, backward, AdamW update of the trainable t
 activations autograd keeps between forward and backward (distinct storages, model weights excluded): exact and
 allocator-independent, where CPU peak RSS also counts freed memory the allocator has not returned.
 
-    python -m adapterbank.benchmarks.train_memory METHOD ARCH BATCH STEPS RANK   (one measurement, prints JSON)
+    python -m adapterbank.benchmarks.train_memory METHOD ARCH BATCH STEPS RANK OPTIONS_JSON   (prints JSON)
 """
 
 from __future__ import annotations
@@ -32,16 +32,18 @@ class MemoryRow:
     device: str
 
 
-def measure_one(method: str, arch: str, batch: int, steps: int, rank: int) -> dict:
+def measure_one(method: str, arch: str, batch: int, steps: int, rank: int, options: dict | None = None) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from adapterbank.methods import METHODS
     from adapterbank.tuned import tune
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    options = {"rank": rank} if method in ("lora", "snell") else {}
-    model = tune(arch, method, 100, **options).to(device).train()
+    fields = METHODS[method].config_type.__dataclass_fields__
+    chosen = {k: v for k, v in {"rank": rank, **(options or {})}.items() if k in fields}
+    model = tune(arch, method, 100, **chosen).to(device).train()
     optimizer = torch.optim.AdamW(model.param_groups(1e-4), lr=1e-4)
     images = torch.randn(batch, *model.model.pretrained_cfg["input_size"], device=device)
     labels = torch.randint(0, 100, (batch,), device=device)
@@ -85,7 +87,9 @@ def train_memory(
     steps: int = 2,
     rank: int = 8,
     methods: Sequence[str] = METHODS,
+    options: dict | None = None,
 ) -> list[MemoryRow]:
+    """`options` go to every method that has them (e.g. SNELL's dropout)."""
     rows = []
     for method in methods:
         out = subprocess.run(
@@ -98,6 +102,7 @@ def train_memory(
                 str(batch),
                 str(steps),
                 str(rank),
+                json.dumps(options or {}),
             ],
             capture_output=True,
             text=True,
@@ -110,5 +115,8 @@ def train_memory(
 
 
 if __name__ == "__main__":
-    method_name, arch_name, batch_size, step_count, lora_rank = sys.argv[1:6]
-    print(json.dumps(measure_one(method_name, arch_name, int(batch_size), int(step_count), int(lora_rank))))
+    method_name, arch_name, batch_size, step_count, lora_rank, method_options = sys.argv[1:7]
+    measured = measure_one(
+        method_name, arch_name, int(batch_size), int(step_count), int(lora_rank), json.loads(method_options)
+    )
+    print(json.dumps(measured))

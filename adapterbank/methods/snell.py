@@ -117,7 +117,11 @@ class SparseKernelBranch(torch.autograd.Function):
     """y = dropout(x) @ W(A, B) without keeping W: backward rebuilds W from A, B and the forward's threshold tau
     (no second k-th value search, no second forward product, unlike generic activation checkpointing) and replays
     the dropout mask from the saved RNG state. Gradients equal autograd's through `sparse_kernel_delta` (|S| in
-    the keep factor is treated as a constant, as there)."""
+    the keep factor is treated as a constant, as there).
+
+    Given the frozen Linear's `weight` (and `bias`), it computes the whole layer as one product with W0 + dW
+    instead (no dropout then): forward one product instead of two, backward two instead of three.
+    """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
@@ -130,21 +134,27 @@ class SparseKernelBranch(torch.autograd.Function):
         sparsity: float,
         soft: bool,
         p: float,
+        weight: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         with torch.no_grad():
             k = kernel_matrix(a, b, alpha)
             tau = threshold(k.abs(), sparsity)
-            state = _rng_state(x.device) if p else None
-            dropped = F.dropout(x, p, training=True) if p else x
-            out = apply_weights(dropped, k * keep_factor(k.abs(), tau, soft))
-        ctx.save_for_backward(x, a, b, alpha, *(() if tau is None else (tau,)))
+            weights = k * keep_factor(k.abs(), tau, soft)
+            if weight is not None:
+                out = F.linear(x, weight + _as_linear_weight(weights).to(weight.dtype), bias)
+                state = None
+            else:
+                state = _rng_state(x.device) if p else None
+                out = apply_weights(F.dropout(x, p, training=True) if p else x, weights)
+        ctx.save_for_backward(x, a, b, alpha, weight, *(() if tau is None else (tau,)))
         ctx.soft, ctx.p, ctx.state = soft, p, state
         return out
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, a, b, alpha, *tau = ctx.saved_tensors
+        x, a, b, alpha, weight, *tau = ctx.saved_tensors
         with torch.enable_grad():
             a_, b_ = a.detach().requires_grad_(), b.detach().requires_grad_()
             k = kernel_matrix(a_, b_, alpha)
@@ -153,12 +163,20 @@ class SparseKernelBranch(torch.autograd.Function):
         scale = _replayed_dropout_scale(x, ctx.p, ctx.state) if ctx.p else None
         dropped = x * scale if scale is not None else x
         g = grad.unflatten(-1, (weights.shape[0], weights.shape[2]))
-        grad_x = torch.einsum("...sm,snm->...n", g, weights.to(g.dtype))
+        if weight is not None:
+            grad_x = grad @ (weight + _as_linear_weight(weights).to(weight.dtype)).to(grad.dtype)
+        else:
+            grad_x = torch.einsum("...sm,snm->...n", g, weights.to(g.dtype))
         if scale is not None:
             grad_x = grad_x * scale
         grad_w = torch.einsum("tn,tsm->snm", dropped.reshape(-1, x.shape[-1]), g.reshape(-1, *g.shape[-2:]))
         grad_a, grad_b = torch.autograd.grad(k, (a_, b_), (grad_w.to(k.dtype) * factor))
-        return grad_x.to(x.dtype), grad_a, grad_b, None, None, None, None
+        return grad_x.to(x.dtype), grad_a, grad_b, None, None, None, None, None, None
+
+
+def _as_linear_weight(weights: torch.Tensor) -> torch.Tensor:
+    """(S, n, m) blocks -> the (S * m, n) delta of a Linear weight (q, k, v blocks stacked along the output)."""
+    return weights.transpose(1, 2).reshape(-1, weights.shape[1])
 
 
 class KernelSparseDelta(PointwiseDelta):
@@ -181,13 +199,30 @@ class KernelSparseDelta(PointwiseDelta):
         args = (x, self.snell_A[task], self.snell_B[task], self.alpha, self.sparsity, self.soft)
         if torch.is_grad_enabled() and self.snell_A.requires_grad:
             if self.recompute:
-                p = self.dropout.p if isinstance(self.dropout, nn.Dropout) and self.training else 0.0
-                return SparseKernelBranch.apply(*args, p)
+                return SparseKernelBranch.apply(*args, self._dropout_p() if self.training else 0.0)
             return sparse_kernel_delta(self.dropout(x), *args[1:])
         if self.cache is None:
             return sparse_kernel_delta(*args)
         key = (id(self), task, self.snell_A._version, self.snell_B._version)
         return apply_weights(x, self.cache.get(key, lambda: sparse_weights(*args[1:])))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training one task without branch dropout or DropPath: one product with W0 + dW (see SparseKernelBranch)."""
+        fused = (
+            isinstance(self.base, nn.Linear)
+            and self.recompute
+            and torch.is_grad_enabled()
+            and self.snell_A.requires_grad
+            and self.router.rows(x.shape[0]) is None
+            and not (self.training and (self._dropout_p() or isinstance(self.drop_path, DropPath)))
+        )
+        if not fused:
+            return super().forward(x)
+        args = (x, self.snell_A[0], self.snell_B[0], self.alpha, self.sparsity, self.soft, 0.0)
+        return SparseKernelBranch.apply(*args, self.base.weight, self.base.bias)
+
+    def _dropout_p(self) -> float:
+        return self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
 
     def delta(self, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         if rows is None:
@@ -202,7 +237,7 @@ class KernelSparseDelta(PointwiseDelta):
         weights = sparsify(
             kernel_matrix(self.snell_A[task].float(), self.snell_B[task].float(), self.alpha), self.sparsity, self.soft
         )
-        return weights.transpose(1, 2).reshape(-1, self.in_features)
+        return _as_linear_weight(weights)
 
 
 class SNELL(Method):
