@@ -93,3 +93,16 @@ def test_rebuilt_delta_gives_autograds_gradients(arch: str, dropout: float, thre
 def test_bad_options_refused(options: dict, message: str) -> None:
     with pytest.raises(AdapterBankError, match=message):
         tune("vit_tiny_patch16_224", "snell", 3, **options)
+
+
+@pytest.mark.parametrize(("dropout", "fused"), [(0.0, True), (0.1, False)])
+def test_training_without_branch_dropout_is_one_product(dropout: float, fused: bool) -> None:
+    """No branch dropout or DropPath: each tuned Linear runs as one product with W0 + dW, never calling the frozen
+    layer on its own; with dropout the branch stays separate (the released code's form)."""
+    model = tune("vit_tiny_patch16_224", "snell", 3, dropout=dropout, drop_path=dropout).train()
+    calls = []
+    for module in snell_modules(model):
+        module.base.register_forward_hook(lambda *_: calls.append(1))
+    model(images(2)).sum().backward()
+    assert (len(calls) == 0) == fused
+    assert all(m.snell_A.grad is not None for m in snell_modules(model))
