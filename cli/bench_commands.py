@@ -197,3 +197,22 @@ def serve(
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="bench")
+
+
+@app.command("onnx-memory")
+def onnx_memory(
+    backbone: str = typer.Option("vit_base_patch16_224"),
+    methods: str = typer.Option("ssf,lora,snell,utuning"),
+    tasks: int = typer.Option(8, min=1, help="Tasks served."),
+) -> None:
+    """ONNX Runtime memory for N tasks: isolated per-task sessions against ONNXRuntime's shared graphs."""
+    from adapterbank.benchmarks.onnx_memory import onnx_memory as measure
+
+    rows = measure(backbone, [m for m in methods.split(",") if m], tasks)
+    table = Table("method", "tasks", "isolated sessions MiB", "ONNXRuntime MiB", "ratio")
+    for row in rows:
+        table.add_row(
+            row.method, str(row.tasks), f"{row.isolated_mib:,.0f}", f"{row.runtime_mib:,.0f}", f"{row.ratio:.2f}x"
+        )
+    table.caption = f"{backbone}; resident growth while the sessions are created, fresh process each"
+    console.print(table)

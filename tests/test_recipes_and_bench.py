@@ -137,3 +137,9 @@ def test_bench_accuracy_trains_then_reuses_identical_runs(tmp_path: Path) -> Non
     table = [line for line in again.stdout.splitlines() if line.startswith("| hymenoptera")]
     assert table == [line for line in first.stdout.splitlines() if line.startswith("| hymenoptera")]
     assert len(table) == 2 and "| adapter |" in table[1]
+
+
+def test_bench_onnx_memory_runs() -> None:
+    result = run_cli("bench", "onnx-memory", "--backbone", "convnext_atto", "--methods", "ssf,snell", "--tasks", "2")
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert "ONNXRuntime MiB" in result.stdout and "snell" in result.stdout

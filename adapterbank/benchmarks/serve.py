@@ -55,7 +55,7 @@ class MemoryRow:
         return (self.resident_bytes - self.backbone_bytes) / max(self.task_bytes, 1)
 
 
-def _fill_bank(folder: Path, backbone: torch.nn.Module, arch: str, method: str, count: int, classes: int) -> list[str]:
+def fill_bank(folder: Path, backbone: torch.nn.Module, arch: str, method: str, count: int, classes: int) -> list[str]:
     bank = create_bank(folder, backbone, arch, "random-init")
     names = []
     for i in range(count):
@@ -118,7 +118,7 @@ def serve_benchmark(
     rows, memory = [], []
     with tempfile.TemporaryDirectory() as folder:
         for method in methods:
-            names = _fill_bank(Path(folder) / method, backbone, arch, method, tasks, classes)
+            names = fill_bank(Path(folder) / method, backbone, arch, method, tasks, classes)
             bank_path = Path(folder) / method
             runtime = TorchRuntime(bank_path)
             mixed = [names[i % tasks] for i in range(batch)]
@@ -153,7 +153,7 @@ def serve_benchmark(
                 )
             )
             if method in ("ssf", "lora", "bitfit", "adapter", "utuning") and resident:
-                many = _fill_bank(Path(folder) / f"{method}-many", backbone, arch, method, resident, classes)
+                many = fill_bank(Path(folder) / f"{method}-many", backbone, arch, method, resident, classes)
                 big = TorchRuntime(Path(folder) / f"{method}-many")
                 per_task = sum(v.nbytes for v in big.bank.load(many[0]).tensors.values())
                 backbone_bytes = sum(t.numel() * t.element_size() for t in backbone_state(big.backbone).values())

@@ -1,7 +1,7 @@
 """ONNX Runtime backend with the TorchRuntime interface: `predict(images, tasks)`, `reload()`.
 
-Tasks of SSF, BitFit, LoRA and linear probes are served by one multi-task graph per (method, config) group: one
-session, per-sample `task_id`. SNELL and full tasks get their merged per-task graphs; initializers identical
+Tasks of SSF, BitFit, LoRA, linear probes and the U-Tuning family (adapter, prefix, prompt, utuning) are served
+by one multi-task graph per (method, config) group: one session, per-sample `task_id`. SNELL and full tasks get their merged per-task graphs; initializers identical
 across those graphs (a SNELL task leaves norms, embeddings and heads-to-be of the backbone untouched) are loaded
 once and shared between sessions with `SessionOptions.add_initializer`. Graphs are cached under BANK/.onnx and
 rebuilt only when a task's `updated` time changes.
