@@ -1,16 +1,18 @@
 """ONNX Runtime backend with the TorchRuntime interface: `predict(images, tasks)`, `reload()`.
 
 Tasks of SSF, BitFit, LoRA, linear probes and the U-Tuning family (adapter, prefix, prompt, utuning) are served
-by one multi-task graph per (method, config) group: one session, per-sample `task_id`. SNELL and full tasks get their merged per-task graphs; initializers identical
-across those graphs (a SNELL task leaves norms, embeddings and heads-to-be of the backbone untouched) are loaded
-once and shared between sessions with `SessionOptions.add_initializer`. Graphs are cached under BANK/.onnx and
-rebuilt only when a task's `updated` time changes.
+by one multi-task graph per (method, config) group: one session, per-sample `task_id`. SNELL and full tasks get
+their merged per-task graphs. Initializers found in several graphs (a SNELL task leaves norms, embeddings and
+depthwise convs of the backbone untouched; every multi-task graph holds the frozen backbone) are loaded once and
+shared between sessions with `SessionOptions.add_initializer`. Graphs are cached under BANK/.onnx and rebuilt
+only when a task's `updated` time changes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,19 +50,36 @@ class ONNXRuntime:
             build(path.stem)
         return path
 
-    def _session(self, path: Path) -> ort.InferenceSession:
+    def _sessions(self, paths: list[Path]) -> list[ort.InferenceSession]:
+        """One session per graph; an initializer found (same name, same bytes) in several graphs is loaded once and
+        handed to each of them. Unique initializers stay inside their session: holding them here too would only
+        add a copy."""
         if not self.share:
-            return session(path)
-        options = ort.SessionOptions()
-        for init in onnx.load(str(path), load_external_data=False).graph.initializer:
-            array = numpy_helper.to_array(init)
-            if array.size < 1024:
-                continue  # small tensors are not worth sharing
-            key = (init.name, hashlib.sha256(array.tobytes()).hexdigest())
-            if key not in self._shared:
-                self._shared[key] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
-            options.add_initializer(init.name, self._shared[key])
-        return session(path, options)
+            return [session(path) for path in paths]
+        found: list[list[tuple[str, tuple[str, str], onnx.TensorProto]]] = []
+        counts: Counter[tuple[str, str]] = Counter()
+        for path in paths:
+            entries = []
+            for init in onnx.load(str(path), load_external_data=False).graph.initializer:
+                if np.prod(init.dims) < 1024:
+                    continue  # small tensors are not worth sharing
+                key = (init.name, hashlib.sha256(init.raw_data or init.SerializeToString()).hexdigest())
+                entries.append((init.name, key, init))
+            counts.update({key for _, key, _ in entries})
+            found.append(entries)
+        shared = {key for key, count in counts.items() if count > 1}
+        self._shared = {k: v for k, v in self._shared.items() if k in shared}
+        sessions = []
+        for path, entries in zip(paths, found, strict=True):
+            options = ort.SessionOptions()
+            for name, key, init in entries:
+                if key in shared:
+                    if key not in self._shared:
+                        array = np.ascontiguousarray(numpy_helper.to_array(init))
+                        self._shared[key] = ort.OrtValue.ortvalue_from_numpy(array)
+                    options.add_initializer(name, self._shared[key])
+            sessions.append(session(path, options))
+        return sessions
 
     def reload(self) -> None:
         names = self.only if self.only is not None else self.bank.tasks()
@@ -88,8 +107,10 @@ class ONNXRuntime:
                 path = self._graph(stamp, lambda stem, r=members[0]: self._export_single(r.name, stem))
             for slot, record in enumerate(members):
                 tasks[record.name] = TaskSlot(len(groups), slot, record.class_names, record)
-            groups.append(_Group(self._session(path), [r.name for r in members], multi))
-        self.groups, self.tasks = groups, tasks
+            groups.append((path, [r.name for r in members], multi))
+        sessions = self._sessions([path for path, _, _ in groups])
+        self.groups = [_Group(sess, names, multi) for sess, (_, names, multi) in zip(sessions, groups, strict=True)]
+        self.tasks = tasks
 
     def _export_single(self, task: str, stem: str) -> None:
         result = export_task(self.bank, task, self.cache_dir)
