@@ -114,6 +114,8 @@ def test_onnx_runtime_mixed_batch_of_every_method(bank: Bank) -> None:
     for row, name in enumerate(order):
         expected = merged_alone(bank, name, x[row : row + 1])[0]
         assert (out[row] - expected).abs().max() <= 1e-4
+    shared = ONNXRuntime(bank, share_initializers=True).predict(x, order)  # same graphs, initializers handed over
+    assert all(torch.equal(a, b) for a, b in zip(shared, out, strict=True))
     cached = sorted(p.name for p in (bank.path / ".onnx").glob("*.onnx"))
     runtime.reload()  # nothing changed: no graph is rebuilt
     assert sorted(p.name for p in (bank.path / ".onnx").glob("*.onnx")) == cached

@@ -3,7 +3,7 @@ graph per group of SSF/BitFit/LoRA/adapter-family tasks; per-task SNELL/full gra
 
 Each side is measured in a fresh process as the growth of its resident set while the sessions are created.
 
-    python -m adapterbank.benchmarks.onnx_memory isolated|runtime PATH   (one measurement, prints MiB)
+    python -m adapterbank.benchmarks.onnx_memory isolated|runtime|shared PATH   (one measurement, prints MiB)
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from adapterbank.export import export_task
 from adapterbank.ort_sessions import session
 from adapterbank.runtime.onnx_runtime import ONNXRuntime
 
+KINDS = ("isolated", "runtime", "shared")
+
 
 @dataclass
 class OnnxMemoryRow:
@@ -32,10 +34,7 @@ class OnnxMemoryRow:
     tasks: int
     isolated_mib: float
     runtime_mib: float
-
-    @property
-    def ratio(self) -> float:
-        return self.runtime_mib / self.isolated_mib
+    shared_mib: float  # ONNXRuntime with share_initializers=True
 
 
 def _resident_mib() -> float:
@@ -47,8 +46,10 @@ def _resident_mib() -> float:
 def measure_one(kind: str, path: Path) -> float:
     """Resident growth while one side's sessions are created (imports done before)."""
     before = _resident_mib()
-    isolated = kind == "isolated"
-    held = [session(graph) for graph in sorted(path.glob("*.onnx"))] if isolated else [ONNXRuntime(path)]
+    if kind == "isolated":
+        held: list = [session(graph) for graph in sorted(path.glob("*.onnx"))]
+    else:
+        held = [ONNXRuntime(path, share_initializers=kind == "shared")]
     grown = _resident_mib() - before
     del held
     return grown
@@ -78,7 +79,8 @@ def onnx_memory(arch: str, methods: Sequence[str], tasks: int, classes: int = 10
             for name in names:
                 export_task(bank, name, graphs).manifest.unlink()
             ONNXRuntime(bank)  # builds the graph cache, so the measured process only loads
-            rows.append(OnnxMemoryRow(method, tasks, _measure("isolated", graphs), _measure("runtime", bank_path)))
+            measured = [_measure(kind, graphs if kind == "isolated" else bank_path) for kind in KINDS]
+            rows.append(OnnxMemoryRow(method, tasks, *measured))
     return rows
 
 

@@ -2,8 +2,8 @@
 
 Tasks of SSF, BitFit, LoRA, linear probes and the U-Tuning family (adapter, prefix, prompt, utuning) are served
 by one multi-task graph per (method, config) group: one session, per-sample `task_id`. SNELL and full tasks get
-their merged per-task graphs. Initializers found in several graphs (a SNELL task leaves norms, embeddings and
-depthwise convs of the backbone untouched; every multi-task graph holds the frozen backbone) are loaded once and
+their merged per-task graphs. Optionally, initializers found in several graphs (a SNELL task leaves norms,
+embeddings and depthwise convs untouched; every multi-task graph holds the frozen backbone) are loaded once and
 shared between sessions with `SessionOptions.add_initializer`. Graphs are cached under BANK/.onnx and rebuilt
 only when a task's `updated` time changes.
 """
@@ -34,7 +34,11 @@ class _Group:
 
 
 class ONNXRuntime:
-    def __init__(self, bank: str | Path | Bank, tasks: Sequence[str] | None = None, share_initializers: bool = True):
+    def __init__(
+        self, bank: str | Path | Bank, tasks: Sequence[str] | None = None, share_initializers: bool = False
+    ) -> None:
+        """`share_initializers`: hand initializers that several graphs hold to every session once. Off by default:
+        on CPU it measured more resident memory, not less (README, `bench onnx-memory`)."""
         self.bank = bank if isinstance(bank, Bank) else Bank(bank)
         self.only = list(tasks) if tasks is not None else None
         self.share = share_initializers
