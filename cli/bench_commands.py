@@ -156,11 +156,15 @@ def serve(
     batch: int = typer.Option(64, min=2),
     rounds: int = typer.Option(3, min=1),
     resident: int = typer.Option(100, min=0, help="Tasks held for the memory measurement (0: skip)."),
+    snell_cache_mb: int = typer.Option(4096, min=0, help="Budget of SNELL's merged-weight cache."),
 ) -> None:
     """Mixed-task batch throughput against single-task merged weights, the naive loop, and PEFT; memory."""
     from adapterbank.benchmarks.serve import serve_benchmark
 
-    rows, memory = serve_benchmark(backbone, [m for m in methods.split(",") if m], tasks, batch, rounds, resident)
+    names = [m for m in methods.split(",") if m]
+    rows, memory = serve_benchmark(
+        backbone, names, tasks, batch, rounds, resident, snell_cache_bytes=snell_cache_mb << 20
+    )
     table = Table(
         "method",
         "single-task merged img/s",
@@ -168,6 +172,7 @@ def serve(
         "mixed / single",
         "naive loop img/s",
         "PEFT adapter_names img/s",
+        "merged-weight cache MiB",
     )
     for row in rows:
         peft = "" if row.peft_ips is None else f"{row.peft_ips:.1f}"
@@ -178,6 +183,7 @@ def serve(
             f"{row.mixed_vs_single:.2f}x",
             f"{row.naive_ips:.1f}",
             peft,
+            f"{row.cache_bytes / 2**20:.0f}" if row.cache_bytes else "",
         )
     table.caption = f"{backbone}, batch {batch} over {tasks} tasks, median of {rounds} interleaved rounds"
     console.print(table)

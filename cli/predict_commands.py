@@ -22,16 +22,18 @@ def predict(
     backend: str = typer.Option("torch", "--backend", help="torch, or onnx (ONNX Runtime; CUDA when usable)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     top_k: int = typer.Option(1, "--top-k", min=1, help="Classes per answer (';'-separated when more than 1)."),
+    snell_cache_mb: int = typer.Option(
+        1024, "--snell-cache-mb", min=0, help="torch backend: memory for SNELL tasks' merged weights (LRU)."
+    ),
 ) -> None:
     """Predict a batch stream mixing many tasks; rows come back in input order. Exit 1 if any row failed."""
     from adapterbank.runtime import ONNXRuntime, TorchRuntime
     from adapterbank.runtime.requests import answer, read_requests
 
-    backends = {"torch": TorchRuntime, "onnx": ONNXRuntime}
-    if backend not in backends:
+    if backend not in ("torch", "onnx"):
         raise AdapterBankError(f"unknown backend '{backend}': choose torch or onnx")
     rows = read_requests(requests)
-    runtime = backends[backend](bank)
+    runtime = TorchRuntime(bank, snell_cache_bytes=snell_cache_mb << 20) if backend == "torch" else ONNXRuntime(bank)
     failed = 0
     handle = out.open("w", newline="") if out else sys.stdout
     try:

@@ -70,3 +70,39 @@ def test_load_state_refuses_missing_and_misshaped() -> None:
         model.load_state({k: v for k, v in state.items() if k != key})
     with pytest.raises(AdapterBankError, match="has shape"):
         model.load_state({**state, key: state[key][:-1]})
+
+
+@pytest.mark.parametrize("method", ["ssf", "bitfit"])
+@pytest.mark.parametrize("kind", ["layernorm", "linear", "batchnorm"])
+def test_folded_task_affine_matches_the_plain_composition(method: str, kind: str) -> None:
+    """The module's own affine folded into the task's (one pass) equals module output, then task affine: values
+    and gradients in training, values at inference (where the pass runs in place)."""
+    torch.manual_seed(0)
+    arch, path = {
+        "layernorm": ("vit_tiny_patch16_224", "blocks.0.norm1"),
+        "linear": ("vit_tiny_patch16_224", "blocks.0.mlp.fc1"),
+        "batchnorm": ("tf_efficientnet_lite0", "blocks.1.0.bn1"),
+    }[kind]
+    model = tune(arch, method, [3, 3]).eval()
+    perturb_task_parameters(model, std=0.1)
+    module = model.model.get_submodule(path)
+    for p in module.base.parameters():  # frozen affine away from identity, so that folding it matters
+        p.data.normal_(0.5, 0.2)
+    params = [p for p in module.parameters() if p.requires_grad]  # the task's tensors only
+    channels_in = module.base.weight.shape[-1]  # Linear: in_features; norms: their channels
+    x = torch.randn(4, channels_in, 8, 8) if kind == "batchnorm" else torch.randn(4, 5, channels_in)
+    ids = torch.tensor([1, 0, 0, 1])
+    view = (4, -1, 1, 1) if kind == "batchnorm" else (4, 1, -1)
+    with model.router.route(ids):
+        folded = module(x)
+        grads = torch.autograd.grad(folded.square().sum(), params)
+        with torch.no_grad():
+            in_place = module(x)
+    scale, shift = module.task_affine()
+    base_out = module.base(x) if kind != "batchnorm" else torch.nn.BatchNorm2d.forward(module.base, x)
+    plain = base_out * (1 if scale is None else scale[ids].reshape(view)) + shift[ids].reshape(view)
+    plain = module.base.act(plain) if kind == "batchnorm" else plain
+    expected = torch.autograd.grad(plain.square().sum(), params)
+    assert torch.allclose(folded, plain, atol=1e-5, rtol=1e-5) and torch.allclose(in_place, plain, atol=1e-5)
+    for got, want in zip(grads, expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)

@@ -12,6 +12,7 @@ from adapterbank import AdapterBankError, TunedModel, create_backbone
 from adapterbank.bank.models import commit, create_bank, load_tasks, task_record
 from adapterbank.bank.store import Bank
 from adapterbank.inspection import perturb_task_parameters
+from adapterbank.methods.snell import KernelSparseDelta
 from adapterbank.runtime import TorchRuntime
 from tests.conftest import images
 from tests.test_merge import assert_close_relative
@@ -73,16 +74,29 @@ def test_backbone_weights_are_shared_not_copied(bank: Bank) -> None:
         assert shared in pointers
 
 
-def test_snell_deltas_are_cached_and_exact(bank: Bank) -> None:
+def test_snell_serves_cached_merged_weights_exactly(bank: Bank) -> None:
     runtime = TorchRuntime(bank, tasks=["s1", "s2"])
-    x = images(2, seed=6)
-    first = runtime.predict(x, ["s1", "s2"])
+    x = images(3, seed=6)
+    order = ["s1", "s2", "s1"]
+    first = runtime.predict(x, order)
+    for row, name in enumerate(order):
+        assert_close_relative(first[row][None], merged_alone(bank, name, x[row : row + 1]))
+    deltas = [m for m in runtime.groups[0].modules() if isinstance(m, KernelSparseDelta)]
+    per_task = sum(m.base.weight.nbytes for m in deltas)
+    assert runtime.cache.bytes == 2 * per_task  # one merged weight per tuned layer and task, nothing else
     misses = runtime.cache.misses
-    second = runtime.predict(x, ["s1", "s2"])
+    second = runtime.predict(x, order)
     assert runtime.cache.hits > 0 and runtime.cache.misses == misses
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
-    tiny = TorchRuntime(bank, tasks=["s1"], snell_cache_bytes=0)
-    assert torch.allclose(tiny.predict(x[:1], ["s1"])[0], first[0], atol=1e-6) and tiny.cache.bytes == 0
+    with torch.no_grad():  # an in-place change to a task's tensors invalidates its merged weights
+        deltas[0].snell_A[0].mul_(2.0)
+    runtime.predict(x[:1], ["s1"])
+    assert runtime.cache.misses == misses + 1
+    one_task = TorchRuntime(bank, tasks=["s1", "s2"], snell_cache_bytes=per_task)  # LRU: tasks evict each other
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(one_task.predict(x, order), first, strict=True))
+    assert one_task.cache.bytes <= per_task
+    uncached = TorchRuntime(bank, tasks=["s1"], snell_cache_bytes=0)
+    assert torch.allclose(uncached.predict(x[:1], ["s1"])[0], first[0], atol=1e-6) and uncached.cache.bytes == 0
 
 
 def test_reload_serves_new_and_drops_removed_tasks(bank: Bank, tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ Per method, on one backbone with `tasks` tasks in a bank:
     mixed   the same batch spread over all tasks, through TorchRuntime (per-sample task switching)
     naive   the mixed batch served by switching merged weights per task group (load state, forward the group)
     peft    (LoRA) Hugging Face PEFT's mixed-batch forward with `adapter_names`, on the same timm model
-Memory: bytes of distinct tensors a runtime holds with `resident` tasks, against backbone + task tensors.
+Memory: bytes of distinct tensors a runtime holds with `resident` tasks, against backbone + task tensors; for SNELL,
+the merged weights its LRU cache kept under the budget (a budget below the tasks' merged weights makes the mixed
+batch recompute them).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class ServeRow:
     mixed_ips: float
     naive_ips: float
     peft_ips: float | None
+    cache_bytes: int  # merged weights the runtime kept (SNELL)
 
     @property
     def mixed_vs_single(self) -> float:
@@ -111,6 +114,7 @@ def serve_benchmark(
     rounds: int = 3,
     resident: int = 100,
     classes: int = 10,
+    snell_cache_bytes: int = 4 << 30,
 ) -> tuple[list[ServeRow], list[MemoryRow]]:
     torch.manual_seed(0)
     backbone = create_backbone(arch)
@@ -120,7 +124,7 @@ def serve_benchmark(
         for method in methods:
             names = fill_bank(Path(folder) / method, backbone, arch, method, tasks, classes)
             bank_path = Path(folder) / method
-            runtime = TorchRuntime(bank_path)
+            runtime = TorchRuntime(bank_path, snell_cache_bytes=snell_cache_bytes)
             mixed = [names[i % tasks] for i in range(batch)]
             plain, states, switch = _one_task_model(runtime, names)
             groups = {n: [i for i, t in enumerate(mixed) if t == n] for n in names}
@@ -150,6 +154,7 @@ def serve_benchmark(
                     batch / seconds["mixed"],
                     batch / seconds["naive"],
                     batch / seconds["peft"] if "peft" in seconds else None,
+                    runtime.cache.bytes,
                 )
             )
             if method in ("ssf", "lora", "bitfit", "adapter", "utuning") and resident:

@@ -1,9 +1,9 @@
 """Per-channel task parameters applied to a frozen module's affine output: SSF's scale and shift, BitFit's bias.
 
 Each task's change is an affine map of the module's output, y -> y * scale + shift, applied in one fused pass
-(addcmul). After a frozen BatchNorm in eval mode (every PEFT method keeps BN statistics frozen) the norm itself is
-the per-channel affine x * a + c, so norm and task compose into a single pass over the feature map:
-x * (a * scale) + (c * scale + shift), per sample in a mixed batch.
+(addcmul, in place at inference). The module's own per-channel affine composes with it: a frozen eval BatchNorm is
+x * a + c, so norm and task are one pass over the input, x * (a * scale) + (c * scale + shift); a LayerNorm's weight
+and bias, and a Linear's bias, fold the same way, so the mixed batch pays no pass the merged model does not.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import copy
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from adapterbank.methods.base import TaskModule
@@ -37,24 +38,49 @@ class ChannelwiseModule(TaskModule):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, scale, shift = self._frozen_part(x)
+        shift = self.per_channel(shift, y)
+        # in place only at inference (autograd needs y), on our own output (never the caller's x), same dtype
+        in_place = y is not x and not torch.is_grad_enabled() and y.dtype == shift.dtype
+        if scale is None:
+            y = y.add_(shift) if in_place else y + shift
+        elif in_place:
+            y = torch.addcmul(shift, y, self.per_channel(scale, y), out=y)
+        else:
+            y = torch.addcmul(shift, y, self.per_channel(scale, y))
+        return fused_activation(self.base, y)
+
+    def _frozen_part(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """What of the frozen module runs before the task's affine, and that affine with the module's own
+        per-channel affine (BatchNorm statistics, LayerNorm weight, Linear bias) folded in, so that one pass
+        applies both: x itself for an eval BatchNorm, the unscaled normalization for LayerNorm, the product
+        without bias for Linear."""
         scale, shift = self.task_affine()
         base = self.base
         if isinstance(base, _BatchNorm) and not base.training and base.running_var is not None:
             a = base.weight * torch.rsqrt(base.running_var + base.eps)
             c = base.bias - base.running_mean * a
-            scale, shift = (a.expand_as(shift), c + shift) if scale is None else (a * scale, c * scale + shift)
-            y = torch.addcmul(self.per_channel(shift, x), x, self.per_channel(scale, x))
-        else:
-            y = affine_forward(base, x)
-            if scale is None:
-                y = y + self.per_channel(shift, y)
-            else:
-                y = torch.addcmul(self.per_channel(shift, y), y, self.per_channel(scale, y))
-        return fused_activation(base, y)
+            return x, *_compose(a, c, scale, shift)
+        if isinstance(base, nn.LayerNorm) and self.channel_dim == -1 and base.weight is not None:
+            y = F.layer_norm(x, base.normalized_shape, None, None, base.eps)
+            return y, *_compose(base.weight, base.bias, scale, shift)
+        if isinstance(base, nn.Linear) and base.bias is not None:
+            return F.linear(x, base.weight), *_compose(None, base.bias, scale, shift)
+        return affine_forward(base, x), scale, shift
 
     def merged_base(self) -> nn.Module:
         """A detached fp32-exact copy of the frozen module to fold the task into."""
         return copy.deepcopy(self.base)
+
+
+def _compose(
+    a: torch.Tensor | None, c: torch.Tensor | None, scale: torch.Tensor | None, shift: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(y * a + c) * scale + shift as y * a' + c' with a', c' of shape (tasks, C); a = None means 1, c = None 0."""
+    c = shift if c is None else (c + shift if scale is None else c * scale + shift)
+    if scale is None:
+        return (None if a is None else a.expand_as(shift)), c
+    return (scale if a is None else a * scale), c
 
 
 def fold_scale_shift(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:

@@ -42,17 +42,36 @@ class LowRankDelta(PointwiseDelta):
         self.scale = config.scale
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
 
-    def delta(self, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y = base(x) + scale * B_t A_t x per sample, as two batched products of which the second accumulates into
+        y (in place at inference): no pass over the output besides the base product's own, in either layout."""
+        y = self.base(x)
+        b = x.shape[0]
+        down, up = self._factors(self.router.rows(b), b)
         x = self.dropout(x)
-        if rows is None:
-            low = torch.einsum("...n,srn->...sr", x, self.lora_A[0])
-            out = torch.einsum("...sr,smr->...sm", low, self.lora_B[0])
+        if self.channels_first:  # (b, C, H, W): products over the channel axis, no layout change
+            low = torch.bmm(down, x.reshape(b, self.in_features, -1))
+            y3, left, right = y.reshape(b, y.shape[1], -1), up, low
         else:
-            flat = x.reshape(x.shape[0], -1, x.shape[-1])
-            low = torch.einsum("bln,bsrn->blsr", flat, self.lora_A.index_select(0, rows))
-            out = torch.einsum("blsr,bsmr->blsm", low, self.lora_B.index_select(0, rows))
-            out = out.reshape(*x.shape[:-1], self.splits, self.block_out)
-        return out.flatten(-2) * self.scale
+            low = torch.bmm(x.reshape(b, -1, self.in_features), down.transpose(1, 2))
+            y3, left, right = y.reshape(b, -1, y.shape[-1]), low, up.transpose(1, 2)
+        if torch.is_grad_enabled():
+            return torch.baddbmm(y3, left, right).reshape(y.shape)
+        return y3.baddbmm_(left, right).reshape(y.shape)
+
+    def _factors(self, rows: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row: A as (splits * r, in) and scale * B as (out, splits * r), block-diagonal over the splits (q, k, v
+        each see only their own r columns)."""
+        a, b = (self.lora_A[:1], self.lora_B[:1]) if rows is None else (self.lora_A, self.lora_B)
+        if rows is not None:
+            tasks, rows = rows.unique(return_inverse=True)
+            a, b = a.index_select(0, tasks), b.index_select(0, tasks)
+        t, s, m, r = b.shape
+        up = torch.einsum("tsmr,sq->tsmqr", b * self.scale, torch.eye(s, dtype=b.dtype, device=b.device))
+        down, up = a.reshape(t, s * r, -1), up.reshape(t, s * m, s * r)
+        if rows is None:
+            return down.expand(batch, -1, -1), up.expand(batch, -1, -1)
+        return down.index_select(0, rows), up.index_select(0, rows)
 
     def delta_weight(self, task: int) -> torch.Tensor:
         blocks = torch.einsum("smr,srn->smn", self.lora_B[task].float(), self.lora_A[task].float())

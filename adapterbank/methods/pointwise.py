@@ -6,6 +6,7 @@ import copy
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from adapterbank.methods.base import TaskModule
 from adapterbank.methods.modules import out_channels
@@ -41,10 +42,20 @@ class PointwiseDelta(TaskModule):
         """The task's dense (out, in) weight delta in fp32."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def merged_weight(self, task: int) -> torch.Tensor:
+        """W0 + dW_task in the base weight's shape and dtype (summed in fp32)."""
+        weight = self.base.weight
+        return (weight.float() + self.delta_weight(task).detach().reshape(weight.shape)).to(weight.dtype)
+
     def merged(self, task: int) -> nn.Module:
         module = copy.deepcopy(self.base)
         with torch.no_grad():
-            weight = module.weight
-            delta = self.delta_weight(task).detach().reshape(weight.shape)
-            weight.copy_((weight.float() + delta).to(weight.dtype))
+            module.weight.copy_(self.merged_weight(task))
         return module
+
+    def merged_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The base layer computed with `weight` in place of its own (targets are Linear or 1x1 stride-1 convs)."""
+        if self.channels_first:
+            return F.conv2d(x, weight, self.base.bias)
+        return F.linear(x, weight, self.base.bias)

@@ -20,9 +20,9 @@ from torch.nn import functional as F
 
 from adapterbank.errors import AdapterBankError
 from adapterbank.methods.base import Method, MethodConfig
-from adapterbank.methods.delta_cache import DeltaCache
 from adapterbank.methods.placements import delta_targets
 from adapterbank.methods.pointwise import PointwiseDelta
+from adapterbank.methods.weight_cache import WeightCache
 from adapterbank.routing import TaskRouter
 
 PIECES = 2
@@ -193,7 +193,7 @@ class KernelSparseDelta(PointwiseDelta):
         self.recompute = config.recompute
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.drop_path = DropPath(config.drop_path) if config.drop_path else nn.Identity()
-        self.cache: DeltaCache | None = None  # set by a runtime: reuse deltas across inference batches
+        self.cache: WeightCache | None = None  # set by a runtime: merged weights reused across batches
 
     def _task_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
         args = (x, self.snell_A[task], self.snell_B[task], self.alpha, self.sparsity, self.soft)
@@ -201,13 +201,13 @@ class KernelSparseDelta(PointwiseDelta):
             if self.recompute:
                 return SparseKernelBranch.apply(*args, self._dropout_p() if self.training else 0.0)
             return sparse_kernel_delta(self.dropout(x), *args[1:])
-        if self.cache is None:
-            return sparse_kernel_delta(*args)
-        key = (id(self), task, self.snell_A._version, self.snell_B._version)
-        return apply_weights(x, self.cache.get(key, lambda: sparse_weights(*args[1:])))
+        return sparse_kernel_delta(*args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Training one task without branch dropout or DropPath: one product with W0 + dW (see SparseKernelBranch)."""
+        """Served by a runtime: each task's rows through its cached merged weight. Training one task without branch
+        dropout or DropPath: one product with W0 + dW (see SparseKernelBranch)."""
+        if self.cache is not None and not torch.is_grad_enabled():
+            return self._serve_merged(x)
         fused = (
             isinstance(self.base, nn.Linear)
             and self.recompute
@@ -220,6 +220,26 @@ class KernelSparseDelta(PointwiseDelta):
             return super().forward(x)
         args = (x, self.snell_A[0], self.snell_B[0], self.alpha, self.sparsity, self.soft, 0.0)
         return SparseKernelBranch.apply(*args, self.base.weight, self.base.bias)
+
+    def _serve_merged(self, x: torch.Tensor) -> torch.Tensor:
+        """One product per task group with W0 + dW_t from the cache: the FLOPs of the plain backbone, where adding
+        x @ dW_t beside the shared base product doubles them (the delta is full rank)."""
+        rows = self.router.rows(x.shape[0])
+        tasks = [0] if rows is None else rows.unique().tolist()
+        if len(tasks) == 1:
+            return self.merged_forward(x, self._cached_merged_weight(tasks[0]))
+        out: torch.Tensor | None = None
+        for task in tasks:
+            selected = (rows == task).nonzero().squeeze(1)
+            y = self.merged_forward(x.index_select(0, selected), self._cached_merged_weight(task))
+            if out is None:
+                out = y.new_empty(x.shape[0], *y.shape[1:])
+            out[selected] = y
+        return out
+
+    def _cached_merged_weight(self, task: int) -> torch.Tensor:
+        versions = (self.snell_A._version, self.snell_B._version, self.base.weight._version)
+        return self.cache.get((id(self), task, *versions), lambda: self.merged_weight(task))
 
     def _dropout_p(self) -> float:
         return self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0

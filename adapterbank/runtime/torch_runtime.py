@@ -3,7 +3,8 @@
 Tasks are grouped by (method, config); each group is one TunedModel whose frozen weights are the very tensors of
 the shared backbone (no copies), so memory is one backbone plus the task tensors. A mixed batch is split by group
 only; inside a group each sample uses its own task (per-sample gathers for SSF, BitFit, LoRA and heads; SNELL per
-task with its sparse deltas cached under a byte budget). `full` tasks own a whole backbone each.
+task group through its merged weights W0 + dW, kept in an LRU cache under a byte budget). `full` tasks own a whole
+backbone each.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from torch import nn
 
 from adapterbank.bank.models import load_backbone, load_record
 from adapterbank.bank.store import Bank, TaskRecord
-from adapterbank.methods.delta_cache import DeltaCache
 from adapterbank.methods.snell import KernelSparseDelta
+from adapterbank.methods.weight_cache import WeightCache
 from adapterbank.runtime.slots import TaskSlot, rows_per_group
 from adapterbank.tuned import TunedModel
 
@@ -43,7 +44,8 @@ class TorchRuntime:
         self.device = torch.device(device)
         self.only = list(tasks) if tasks is not None else None
         self.backbone = load_backbone(self.bank).to(self.device)
-        self.cache = DeltaCache(snell_cache_bytes)
+        self.snell_cache_bytes = snell_cache_bytes
+        self.cache = WeightCache(snell_cache_bytes)
         self.groups: list[TunedModel] = []
         self.tasks: dict[str, TaskSlot] = {}
         self.reload()
@@ -59,6 +61,7 @@ class TorchRuntime:
                 key += record.name  # a full task owns its backbone: never shares a model
             by_group.setdefault(key, []).append(record)
         groups, tasks = [], {}
+        self.cache = WeightCache(self.snell_cache_bytes)  # entries of the models replaced below are stale
         for members in by_group.values():
             first = members[0]
             base = copy.deepcopy(self.backbone) if first.method == "full" else share_frozen(self.backbone)

@@ -1,7 +1,8 @@
-"""An LRU cache of SNELL's sparsified delta matrices for inference, under a byte budget shared by a model.
+"""An LRU cache of SNELL's merged weights W0 + dW for inference, under a byte budget shared by a runtime.
 
-Training recomputes the delta every forward (that is the method); serving the same task again need not. Entries
-are keyed by the tensors' version counters, so any in-place update (an optimizer step, a load) invalidates them.
+Training recomputes the sparse delta every forward (that is the method); serving the same task again need not.
+Entries are keyed by the tensors' version counters, so any in-place update (an optimizer step, a load) invalidates
+them. A budget below one entry's size disables caching (every call recomputes, still exact).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable, Hashable
 import torch
 
 
-class DeltaCache:
+class WeightCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
