@@ -159,7 +159,10 @@ def serve(
     snell_cache_mb: int = typer.Option(4096, min=0, help="Budget of SNELL's merged-weight cache."),
 ) -> None:
     """Mixed-task batch throughput against single-task merged weights, the naive loop, and PEFT; memory."""
+    from adapterbank.allocator import keep_freed_memory
     from adapterbank.benchmarks.serve import serve_benchmark
+
+    heap = "freed memory kept in the heap" if keep_freed_memory() else "default allocator"
 
     names = [m for m in methods.split(",") if m]
     rows, memory = serve_benchmark(
@@ -185,7 +188,7 @@ def serve(
             peft,
             f"{row.cache_bytes / 2**20:.0f}" if row.cache_bytes else "",
         )
-    table.caption = f"{backbone}, batch {batch} over {tasks} tasks, median of {rounds} interleaved rounds"
+    table.caption = f"{backbone}, batch {batch} over {tasks} tasks, median of {rounds} interleaved rounds, {heap}"
     console.print(table)
     if memory:
         mem = Table("method", "resident tasks", "backbone MiB", "task tensors MiB", "held MiB", "extra / task tensors")

@@ -27,8 +27,11 @@ def predict(
     ),
 ) -> None:
     """Predict a batch stream mixing many tasks; rows come back in input order. Exit 1 if any row failed."""
+    from adapterbank.allocator import keep_freed_memory
     from adapterbank.runtime import ONNXRuntime, TorchRuntime
     from adapterbank.runtime.requests import answer, read_requests
+
+    keep_freed_memory()  # this process serves batch after batch: reuse their memory instead of faulting it in
 
     if backend not in ("torch", "onnx"):
         raise AdapterBankError(f"unknown backend '{backend}': choose torch or onnx")
