@@ -97,7 +97,10 @@ def test_missing_and_garbage_files(tmp_path: Path) -> None:
 
 
 def test_pretrained_offline_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import, maybe done already
     if os.environ.get("HF_HOME") is None:
         monkeypatch.setenv("HF_HOME", "/nonexistent-adapterbank-cache")
     with pytest.raises(AdapterBankError, match="pass --checkpoint FILE"):

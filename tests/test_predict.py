@@ -15,7 +15,7 @@ from tests.conftest import SHARED_DATA, run_cli
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
 DATASETS = {
     "pneu": (SHARED_DATA / "vtab-1k" / "pneumonia", "ssf"),
-    "digits": (SHARED_DATA / "fgvc" / "mnist5k", "lora"),
+    "digits": (SHARED_DATA / "fgvc" / "mnist5k", "snell"),  # served through cached merged weights
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import platform
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,16 @@ def test_onnx_runtime_mixed_batch_of_every_method(bank: Bank) -> None:
     cached = sorted(p.name for p in (bank.path / ".onnx").glob("*.onnx"))
     runtime.reload()  # nothing changed: no graph is rebuilt
     assert sorted(p.name for p in (bank.path / ".onnx").glob("*.onnx")) == cached
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_keeping_freed_memory_leaves_results_unchanged(bank: Bank) -> None:
+    """The CLI's allocator setting (glibc mallopt) takes on this Linux and changes no number."""
+    from adapterbank.allocator import keep_freed_memory
+
+    runtime = TorchRuntime(bank, tasks=["f1", "l1"])
+    x = images(2, seed=9)
+    before = runtime.predict(x, ["f1", "l1"])
+    assert keep_freed_memory() is True
+    after = runtime.predict(x, ["f1", "l1"])
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
