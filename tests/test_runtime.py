@@ -147,3 +147,32 @@ def test_keeping_freed_memory_leaves_results_unchanged(bank: Bank) -> None:
     assert keep_freed_memory() is True
     after = runtime.predict(x, ["f1", "l1"])
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+def test_torch_runtime_on_cuda_matches_cpu(bank: Bank, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions, as on the CPU
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    order = ["f1", "s1", "u1", "l1", "a1", "f2", "p1", "s2", "b1"]
+    x = images(len(order), seed=12)
+    on_cpu = TorchRuntime(bank).predict(x, order)
+    on_gpu = TorchRuntime(bank, device="cuda").predict(x, order)
+    for gpu_row, cpu_row in zip(on_gpu, on_cpu, strict=True):
+        assert gpu_row.device.type == "cpu"
+        assert_close_relative(gpu_row[None], cpu_row[None], tol=1e-4)
+
+
+@needs_cuda
+def test_onnx_runtime_uses_cuda_when_torch_sees_a_gpu(bank: Bank) -> None:
+    from adapterbank.runtime import ONNXRuntime
+
+    runtime = ONNXRuntime(bank, tasks=["f1", "s1"])
+    assert all(g.session.get_providers()[0] == "CUDAExecutionProvider" for g in runtime.groups)
+    x = images(2, seed=13)
+    answers = runtime.predict(x, ["f1", "s1"])
+    for row, name in enumerate(["f1", "s1"]):
+        expected = merged_alone(bank, name, x[row : row + 1])
+        assert_close_relative(answers[row][None], expected, tol=1e-2)  # ORT's CUDA convolutions may use TF32
