@@ -45,7 +45,7 @@ class TorchRuntime:
         self.only = list(tasks) if tasks is not None else None
         self.backbone = load_backbone(self.bank).to(self.device)
         self.snell_cache_bytes = snell_cache_bytes
-        self.cache = WeightCache(snell_cache_bytes)
+        self.cache = WeightCache(snell_cache_bytes)  # renewed by every reload
         self.groups: list[TunedModel] = []
         self.tasks: dict[str, TaskSlot] = {}
         self.reload()
