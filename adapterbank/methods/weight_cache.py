@@ -1,8 +1,13 @@
-"""An LRU cache of SNELL's merged weights W0 + dW for inference, under a byte budget shared by a runtime.
+"""A cache of SNELL's merged weights W0 + dW for inference, under a byte budget shared by a runtime.
 
 Training recomputes the sparse delta every forward (that is the method); serving the same task again need not.
 Entries are keyed by the tensors' version counters, so any in-place update (an optimizer step, a load) invalidates
 them. A budget below one entry's size disables caching (every call recomputes, still exact).
+
+Eviction is least-recently-used, except that an entry used in the current batch is never evicted: a batch walks
+the layers in the same order every time, and when its tasks' weights exceed the budget plain LRU would evict each
+entry just before it is needed again (no hits at all). Protecting the batch's own entries keeps the part that fits
+and recomputes only the rest; entries of tasks absent from the current batch still make room as before.
 """
 
 from __future__ import annotations
@@ -13,26 +18,47 @@ from collections.abc import Callable, Hashable
 import torch
 
 
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
 class WeightCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self.batch = 0
+        self._entries: OrderedDict[Hashable, tuple[torch.Tensor, int]] = OrderedDict()  # value, batch last used
+
+    def next_batch(self) -> None:
+        """Entries used before this call may be evicted again."""
+        self.batch += 1
 
     def get(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         if key in self._entries:
             self._entries.move_to_end(key)
+            value, _ = self._entries[key]
+            self._entries[key] = (value, self.batch)
             self.hits += 1
-            return self._entries[key]
+            return value
         self.misses += 1
         value = compute()
-        size = value.numel() * value.element_size()
-        if size <= self.max_bytes:
-            self._entries[key] = value
-            self.bytes += size
-            while self.bytes > self.max_bytes:
-                _, evicted = self._entries.popitem(last=False)
-                self.bytes -= evicted.numel() * evicted.element_size()
+        if self._make_room(_nbytes(value)):
+            self._entries[key] = (value, self.batch)
+            self.bytes += _nbytes(value)
         return value
+
+    def _make_room(self, size: int) -> bool:
+        """Evict least recently used entries of earlier batches until `size` fits; if it cannot fit, evict none."""
+        free, victims = self.max_bytes - self.bytes, []
+        for key, (value, used) in self._entries.items():  # oldest first; this batch's entries are all at the end
+            if free >= size or used == self.batch:
+                break
+            victims.append(key)
+            free += _nbytes(value)
+        if free < size:
+            return False
+        for key in victims:
+            self.bytes -= _nbytes(self._entries.pop(key)[0])
+        return True

@@ -89,6 +89,7 @@ class TorchRuntime:
     def predict(self, images: torch.Tensor, tasks: Sequence[str]) -> list[torch.Tensor]:
         """Logits of each sample under its own task (each of that task's class count), in input order."""
         rows_by_group = rows_per_group(images, tasks, self.tasks)
+        self.cache.next_batch()
         images = images.to(self.device)
         out: list[torch.Tensor | None] = [None] * len(tasks)
         for group, rows in rows_by_group.items():
