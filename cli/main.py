@@ -40,15 +40,36 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """click's ClickException, and typer's own copy of it: typer >= 0.2x vendors click and raises its classes."""
+    vendored = [cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException"]
+    return tuple({click.exceptions.ClickException, *vendored})
+
+
+def _abort_types() -> tuple[type[BaseException], ...]:
+    return tuple({click.exceptions.Abort, typer.Abort})
+
+
+USAGE_ERRORS = _usage_error_types()
+ABORTS = _abort_types()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
         result = app(args=args, prog_name="adapterbank", standalone_mode=False)
-    except click.exceptions.ClickException as exc:
-        exc.show()
+    except USAGE_ERRORS as exc:  # bad option value, unknown option, missing argument
+        if debug:
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a group run bare: its help is the answer
+            exc.show()
+            sys.exit(exc.exit_code)
+        context = getattr(exc, "ctx", None)
+        hint = f" (see {context.command_path} --help)" if context is not None else ""
+        typer.echo(f"error: {one_line(exc.format_message())}{hint}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except ABORTS:
         typer.echo("aborted", err=True)
         sys.exit(130)
     except AdapterBankError as exc:

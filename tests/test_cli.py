@@ -65,6 +65,21 @@ def test_bad_input_is_one_line(args: list[str], fragments: list[str]) -> None:
     assert_one_line_error(run_cli(*args), *fragments)
 
 
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["predict", "--snell-cache-mb", "-1", "requests.csv"], ["'--snell-cache-mb'", "greater than or equal to 0"]),
+        (["predict", "--batch-size", "many", "requests.csv"], ["'--batch-size'", "integer", "predict --help"]),
+        (["export", "--no-such-option"], ["--no-such-option"]),
+        (["predict"], ["Missing argument 'requests'"]),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_2(args: list[str], fragments: list[str]) -> None:
+    result = run_cli(*args)
+    assert_one_line_error(result, *fragments)
+    assert result.returncode == 2
+
+
 def test_misfit_checkpoint_from_cli(tmp_path: Path) -> None:
     fmt.write_timm_pth(timm.create_model("vit_tiny_patch16_224"), tmp_path / "tiny.pth")
     result = run_cli("inspect", "--backbone", "vit_small_patch16_224", "--checkpoint", str(tmp_path / "tiny.pth"))
@@ -75,6 +90,11 @@ def test_debug_shows_the_traceback() -> None:
     result = run_cli("--debug", "inspect", "--method", "snel")
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "AdapterBankError" in result.stderr
+
+
+def test_a_bare_group_shows_its_help() -> None:
+    result = run_cli("bench")
+    assert "serve" in result.stdout + result.stderr and "error:" not in result.stderr
 
 
 def test_methods_lists_all() -> None:
