@@ -45,7 +45,7 @@ class TorchRuntime:
         self.only = list(tasks) if tasks is not None else None
         self.backbone = load_backbone(self.bank).to(self.device)
         self.snell_cache_bytes = snell_cache_bytes
-        self.cache = WeightCache(snell_cache_bytes)  # renewed by every reload
+        self.cache: WeightCache  # made by reload(): entries of replaced models are stale
         self.groups: list[TunedModel] = []
         self.tasks: dict[str, TaskSlot] = {}
         self.reload()
@@ -61,7 +61,7 @@ class TorchRuntime:
                 key += record.name  # a full task owns its backbone: never shares a model
             by_group.setdefault(key, []).append(record)
         groups, tasks = [], {}
-        self.cache = WeightCache(self.snell_cache_bytes)  # entries of the models replaced below are stale
+        self.cache = WeightCache(self.snell_cache_bytes)
         for members in by_group.values():
             first = members[0]
             base = copy.deepcopy(self.backbone) if first.method == "full" else share_frozen(self.backbone)
