@@ -11,7 +11,7 @@ from adapterbank.bank.models import load_tasks
 from adapterbank.bank.store import Bank
 from adapterbank.data import open_dataset
 from adapterbank.data.images import ImageDataset, check_headers
-from adapterbank.data.transforms import make_transform
+from adapterbank.data.preprocessing import task_preprocessing
 from adapterbank.errors import AdapterBankError
 from adapterbank.training.trainer import eval_loader, evaluate
 
@@ -31,10 +31,7 @@ def evaluate_task(
     split = split or training.get("eval_split") or dataset.default_splits()[1]
     samples = dataset.split(split)
     check_headers(samples)
-    identity = bank.identity
-    size = int(training.get("image_size") or identity.input_size[-1])
-    augment = training.get("augment", "none")
-    transform = make_transform(augment, size, identity.mean, identity.std, identity.crop_pct, training=False)
+    transform = task_preprocessing(training, bank.identity).eval_transform()
     accuracy, n = evaluate(
         model, eval_loader(ImageDataset(samples, transform), batch_size, workers), torch.device("cpu")
     )

@@ -12,11 +12,11 @@ import torch
 from adapterbank import AdapterBankError
 from adapterbank.data import detect_layout, open_dataset
 from adapterbank.data.images import ImageDataset, check_headers
-from adapterbank.data.transforms import make_transform
+from adapterbank.data.preprocessing import Preprocessing
 from tests.conftest import SHARED_DATA
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
-TRANSFORM = make_transform("none", 32, (0.5,) * 3, (0.5,) * 3, 0.875, training=False)
+TRANSFORM = Preprocessing(32, "direct", 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3).eval_transform()
 
 
 @needs_shared
@@ -126,15 +126,41 @@ def test_fgvc_augmentation_is_random_and_eval_is_not() -> None:
 
     image = Image.new("RGB", (64, 48), (10, 200, 30))
     image.putpixel((3, 3), (255, 255, 255))
-    train = make_transform("fgvc", 32, (0.5,) * 3, (0.5,) * 3, 0.875, training=True)
-    evaluation = make_transform("fgvc", 32, (0.5,) * 3, (0.5,) * 3, 0.875, training=False)
+    contract = Preprocessing(32, "crop", 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3)
+    evaluation = contract.eval_transform()
     assert torch.equal(evaluation(image), evaluation(image))
-    assert any(not torch.equal(train(image), train(image)) for _ in range(5))
+    for augment in ("fgvc", "simple"):
+        train = contract.train_transform(augment, "random", random_erase=0.25)
+        assert any(not torch.equal(train(image), train(image)) for _ in range(5))
     with pytest.raises(AdapterBankError, match="unknown augmentation"):
-        make_transform("heavy", 32, (0.5,) * 3, (0.5,) * 3, 0.875, training=True)
+        contract.train_transform("heavy", "bicubic")
 
 
 def test_copy_of_shared_is_not_needed_for_unit_cases(tmp_path: Path) -> None:
     root = _tiny_vtab(tmp_path / "t")
     shutil.copy(root / "test.txt", root / "val200.txt")
     assert set(open_dataset(root).splits) == {"train800val200", "val200", "test"}
+
+
+def test_released_eval_pipelines_are_reproduced() -> None:
+    """SNELL FGVC evaluates with Resize(256, bilinear) + CenterCrop(224) and ImageNet mean/std; SSF FGVC with
+    Resize(248, bicubic) + CenterCrop(224) and 0.5/0.5; VTAB-1k resizes straight to 224 (both releases)."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    image = Image.fromarray((torch.rand(300, 410, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    cases = [
+        (Preprocessing(224, "crop", 224 / 256, "bilinear", *imagenet), T.Resize(256, T.InterpolationMode.BILINEAR)),
+        (
+            Preprocessing(224, "crop", 0.9, "bicubic", (0.5,) * 3, (0.5,) * 3),
+            T.Resize(248, T.InterpolationMode.BICUBIC),
+        ),
+        (Preprocessing(224, "direct", 0.9, "bicubic", *imagenet), T.Resize((224, 224), T.InterpolationMode.BICUBIC)),
+    ]
+    for contract, resize in cases:
+        released = T.Compose([resize, T.CenterCrop(224), T.ToTensor(), T.Normalize(contract.mean, contract.std)])
+        assert torch.equal(contract.eval_transform()(image), released(image))
+    assert Preprocessing.from_dict(cases[0][0].to_dict()) == cases[0][0]
+    with pytest.raises(AdapterBankError, match="interpolation"):
+        Preprocessing(224, "crop", 0.9, "lanczos7", (0.5,) * 3, (0.5,) * 3)

@@ -34,7 +34,8 @@ def test_sparsity_zero_is_dense_kernel_lora() -> None:
 
 
 def test_gradients_reach_a_and_b() -> None:
-    model = tune("vit_tiny_patch16_224", "snell", 3, sparsity=0.7).train()
+    # no DropPath here: with it a module may drop both samples' deltas, and its gradient is rightly zero
+    model = tune("vit_tiny_patch16_224", "snell", 3, sparsity=0.7, drop_path=0.0).train()
     model(images(2)).logsumexp(-1).sum().backward()
     for module in snell_modules(model):
         assert module.snell_A.grad is not None and module.snell_A.grad.abs().sum() > 0
@@ -106,3 +107,33 @@ def test_training_without_branch_dropout_is_one_product(dropout: float, fused: b
     model(images(2)).sum().backward()
     assert (len(calls) == 0) == fused
     assert all(m.snell_A.grad is not None for m in snell_modules(model))
+
+
+def test_branch_dropout_as_released_none_on_attn_proj_and_one_mask_for_qkv() -> None:
+    """ssfgunner/SNELL model/vision_transformer_timm.py: one dropout call feeds the q, k and v branches, fc1 and
+    fc2 each get their own, attn.proj's branch has none."""
+    model = tune("vit_tiny_patch16_224", "snell", 3, dropout=0.1)
+    modules = dict(model.model.named_modules())
+    dropout = {path: m._dropout_p() for path, m in modules.items() if isinstance(m, KernelSparseDelta)}
+    assert {p.rsplit(".", 1)[-1]: v for p, v in dropout.items() if p.startswith("blocks.0.")} == {
+        "qkv": 0.1,
+        "proj": 0.0,
+        "fc1": 0.1,
+        "fc2": 0.1,
+    }
+
+
+def test_drop_path_drops_q_k_v_independently() -> None:
+    """Each of q, k, v is a TuningModule with its own DropPath(0.1) in the release: per sample, some samples lose
+    one block of the fused qkv delta but keep another."""
+    torch.manual_seed(0)
+    model = tune("vit_tiny_patch16_224", "snell", 3, dropout=0.0, drop_path=0.5).train()
+    module = snell_modules(model)[0]  # blocks.0.attn.qkv, three output blocks
+    x = torch.randn(64, 5, module.in_features)
+    with torch.no_grad():
+        full = module._task_delta(x, 0).unflatten(-1, (3, -1))
+        dropped = module.delta(x, None).unflatten(-1, (3, -1))
+    kept = (dropped.abs().sum((1, 3)) > 0).float()  # (samples, blocks)
+    torch.testing.assert_close(dropped, full * kept[:, None, :, None] * 2.0)
+    assert ((kept.sum(1) > 0) & (kept.sum(1) < 3)).any()
+    assert 0.3 < kept.mean().item() < 0.7

@@ -38,10 +38,14 @@ def create_bank(path: str | Path, model: nn.Module, arch: str, checkpoint: str) 
     return Bank.create(path, identity_of(model, arch, checkpoint), tensors)
 
 
-def load_backbone(bank: Bank) -> nn.Module:
-    """The bank's frozen backbone, rebuilt from its own weights and checked against the fingerprint."""
+def load_backbone(bank: Bank, drop_path_rate: float = 0.0) -> nn.Module:
+    """The bank's frozen backbone, rebuilt from its own weights and checked against the fingerprint.
+    `drop_path_rate` > 0 builds it with stochastic depth (for training; DropPath is the identity in eval mode)."""
     identity = bank.identity
-    model = timm.create_model(identity.arch)
+    try:
+        model = timm.create_model(identity.arch, **({"drop_path_rate": drop_path_rate} if drop_path_rate else {}))
+    except TypeError as exc:
+        raise AdapterBankError(f"{identity.arch} has no stochastic depth; train without drop_path_rate") from exc
     tensors = {k: torch.from_numpy(v.copy()) for k, v in bank.backbone_tensors().items()}
     _missing, unexpected = model.load_state_dict(tensors, strict=False)
     if unexpected or fingerprint(model, identity.arch) != identity.fingerprint:

@@ -4,7 +4,8 @@ Per matrix, low-rank A (P, n, r/P) and B (P, m, r/P) define a full-rank delta th
 kernel S = sum_p alpha_p * cdist(A_p, B_p) with P = 2, alpha = (+0.1, -0.1). Every forward keeps only the (1 - s)
 largest |S| entries: hard threshold with the magnitude factor as the released code (S * |S| * 1[|S| > tau]), or
 the paper's soft threshold (S * max(|S| - tau, 0)). tau is the k-th smallest |S| (kthvalue, not quantile, which
-refuses > 2^24 entries). The dense n x m delta is rebuilt in backward instead of being stored.
+refuses > 2^24 entries; the count of zeroed entries is exactly the released quantile's, or the paper's for the
+soft threshold). The dense n x m delta is rebuilt in backward instead of being stored.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import math
 from typing import Any
 
 import torch
-from timm.layers import DropPath
 from torch import nn
 from torch.nn import functional as F
 
@@ -34,8 +34,8 @@ class SNELLConfig(MethodConfig):
     sparsity: float = 0.5  # fraction of delta entries zeroed each forward; 0 = dense kernel LoRA (KLoRA)
     threshold: str = "hard"  # "hard": released code; "soft": paper Eq. 5
     kernel_scale: float = 0.1  # alpha_p = kernel_scale * (+1, -1), fixed as in the released code
-    dropout: float = 0.1  # on the delta branch input, released code default
-    drop_path: float = 0.1  # per-sample drop of the whole delta branch, released code default
+    dropout: float = 0.1  # on the delta branch input (not attn.proj's), released code default; q, k, v share a mask
+    drop_path: float = 0.1  # per-sample drop of each delta (q, k, v independently), released code default
     recompute: bool = True  # recompute the dense delta in backward (SNELL's memory saving)
 
     def validate(self) -> None:
@@ -60,9 +60,19 @@ def kernel_matrix(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor) -> torc
     return torch.einsum("spnm,p->snm", dist, alpha)
 
 
-def threshold(magnitude: torch.Tensor, sparsity: float) -> torch.Tensor | None:
-    """tau per (n, m) matrix: the floor(s * n * m)-th smallest |S| (None when nothing is zeroed)."""
-    count = int(sparsity * magnitude.shape[1] * magnitude.shape[2])
+def zeroed_count(entries: int, sparsity: float, soft: bool) -> int:
+    """How many of a matrix's entries the threshold zeroes. Hard (released code): tau = torch.quantile(|S|, s),
+    which sits at sorted position s * (N - 1), and entries <= tau go: floor(s * (N - 1)) + 1 of them. Soft
+    (paper Eq. 5): tau is the ceil(s * N)-th smallest |S|, and entries <= tau go."""
+    if sparsity == 0:
+        return 0
+    return math.ceil(sparsity * entries) if soft else math.floor(sparsity * (entries - 1)) + 1
+
+
+def threshold(magnitude: torch.Tensor, sparsity: float, soft: bool) -> torch.Tensor | None:
+    """tau per (n, m) matrix as a k-th smallest |S| (kthvalue: quantile refuses > 2^24 entries); None when nothing
+    is zeroed."""
+    count = zeroed_count(magnitude.shape[1] * magnitude.shape[2], sparsity, soft)
     if count == 0:
         return None
     return magnitude.flatten(1).kthvalue(count, dim=1).values.view(-1, 1, 1)
@@ -76,9 +86,9 @@ def keep_factor(magnitude: torch.Tensor, tau: torch.Tensor | None, soft: bool) -
 
 
 def sparsify(k: torch.Tensor, sparsity: float, soft: bool) -> torch.Tensor:
-    """Zero the floor(s * n * m) smallest-magnitude entries of each (n, m) matrix, weighting the survivors."""
+    """Zero the smallest-magnitude entries of each (n, m) matrix (`zeroed_count`), weighting the survivors."""
     magnitude = k.detach().abs()
-    return k * keep_factor(magnitude, threshold(magnitude, sparsity), soft)
+    return k * keep_factor(magnitude, threshold(magnitude, sparsity, soft), soft)
 
 
 def sparse_weights(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, sparsity: float, soft: bool) -> torch.Tensor:
@@ -139,7 +149,7 @@ class SparseKernelBranch(torch.autograd.Function):
     ) -> torch.Tensor:
         with torch.no_grad():
             k = kernel_matrix(a, b, alpha)
-            tau = threshold(k.abs(), sparsity)
+            tau = threshold(k.abs(), sparsity, soft)
             weights = k * keep_factor(k.abs(), tau, soft)
             if weight is not None:
                 out = F.linear(x, weight + _as_linear_weight(weights).to(weight.dtype), bias)
@@ -179,8 +189,20 @@ def _as_linear_weight(weights: torch.Tensor) -> torch.Tensor:
     return weights.transpose(1, 2).reshape(-1, weights.shape[1])
 
 
+def drop_blocks(delta: torch.Tensor, p: float, splits: int) -> torch.Tensor:
+    """DropPath per sample and per output block: the release gives q, k, v (and every other matrix) a TuningModule
+    of its own, each with its own DropPath, so the three blocks of a fused qkv are dropped independently."""
+    keep = 1.0 - p
+    mask = delta.new_empty(delta.shape[0], *(1,) * (delta.ndim - 2), splits, 1).bernoulli_(keep).div_(keep)
+    return (delta.unflatten(-1, (splits, -1)) * mask).flatten(-2)
+
+
 class KernelSparseDelta(PointwiseDelta):
-    def __init__(self, base: nn.Module, router: TaskRouter, splits: int, config: SNELLConfig) -> None:
+    """`branch_dropout` False: no dropout on this matrix's branch input (the release has none on attn.proj)."""
+
+    def __init__(
+        self, base: nn.Module, router: TaskRouter, splits: int, config: SNELLConfig, branch_dropout: bool = True
+    ) -> None:
         super().__init__(base, router, splits)
         t, d, n, m = router.num_tasks, config.rank // PIECES, self.in_features, self.block_out
         # kaiming_uniform_(a=sqrt(5)) on the 3-D (P, n, d) tensors: U(+-1/sqrt(n * d))
@@ -191,8 +213,9 @@ class KernelSparseDelta(PointwiseDelta):
         self.sparsity = config.sparsity
         self.soft = config.threshold == "soft"
         self.recompute = config.recompute
-        self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
-        self.drop_path = DropPath(config.drop_path) if config.drop_path else nn.Identity()
+        dropout = config.dropout if branch_dropout else 0.0
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.drop_path = config.drop_path
         self.cache: WeightCache | None = None  # set by a runtime: merged weights reused across batches
 
     def _task_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
@@ -214,7 +237,7 @@ class KernelSparseDelta(PointwiseDelta):
             and torch.is_grad_enabled()
             and self.snell_A.requires_grad
             and self.router.rows(x.shape[0]) is None
-            and not (self.training and (self._dropout_p() or isinstance(self.drop_path, DropPath)))
+            and not (self.training and (self._dropout_p() or self.drop_path))
         )
         if not fused:
             return super().forward(x)
@@ -246,12 +269,13 @@ class KernelSparseDelta(PointwiseDelta):
 
     def delta(self, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         if rows is None:
-            return self.drop_path(self._task_delta(x, 0))
-        out = x.new_zeros(*x.shape[:-1], self.splits * self.block_out)
-        for task in rows.unique().tolist():
-            selected = (rows == task).nonzero().squeeze(1)
-            out = out.index_add(0, selected, self._task_delta(x.index_select(0, selected), task))
-        return self.drop_path(out)
+            out = self._task_delta(x, 0)
+        else:
+            out = x.new_zeros(*x.shape[:-1], self.splits * self.block_out)
+            for task in rows.unique().tolist():
+                selected = (rows == task).nonzero().squeeze(1)
+                out = out.index_add(0, selected, self._task_delta(x.index_select(0, selected), task))
+        return drop_blocks(out, self.drop_path, self.splits) if self.training and self.drop_path else out
 
     def delta_weight(self, task: int) -> torch.Tensor:
         weights = sparsify(
@@ -267,4 +291,6 @@ class SNELL(Method):
 
     def attach(self, model: nn.Module, config: SNELLConfig, router: TaskRouter) -> None:
         for path, splits in delta_targets(model):
-            model.set_submodule(path, KernelSparseDelta(model.get_submodule(path), router, splits, config))
+            branch_dropout = not path.endswith("attn.proj")
+            module = KernelSparseDelta(model.get_submodule(path), router, splits, config, branch_dropout)
+            model.set_submodule(path, module)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from adapterbank.data.images import load_rgb
-from adapterbank.data.transforms import make_transform
+from adapterbank.data.preprocessing import Preprocessing, task_preprocessing
 from adapterbank.errors import AdapterBankError
 from adapterbank.runtime.onnx_runtime import ONNXRuntime
 from adapterbank.runtime.torch_runtime import TorchRuntime
@@ -47,28 +47,25 @@ def read_requests(csv_path: Path) -> list[tuple[str, str]]:
 
 
 class Preprocessor:
-    """Each task's eval transform, as in its training run (size, resize mode) with the backbone's mean/std."""
+    """Each task's eval transform from its stored preprocessing contract (as `eval` uses it)."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self._contracts: dict[str, Preprocessing] = {}
         self._transforms: dict[str, object] = {}
 
+    def contract(self, task: str) -> Preprocessing:
+        if task not in self._contracts:
+            training = self.runtime.tasks[task].record.training
+            self._contracts[task] = task_preprocessing(training, self.runtime.bank.identity)
+        return self._contracts[task]
+
     def size_of(self, task: str) -> int:
-        identity = self.runtime.bank.identity
-        return int(self.runtime.tasks[task].record.training.get("image_size") or identity.input_size[-1])
+        return self.contract(task).size
 
     def __call__(self, path: str, task: str) -> torch.Tensor:
         if task not in self._transforms:
-            training = self.runtime.tasks[task].record.training
-            identity = self.runtime.bank.identity
-            self._transforms[task] = make_transform(
-                training.get("augment", "none"),
-                self.size_of(task),
-                identity.mean,
-                identity.std,
-                identity.crop_pct,
-                training=False,
-            )
+            self._transforms[task] = self.contract(task).eval_transform()
         return self._transforms[task](load_rgb(Path(path)))
 
 

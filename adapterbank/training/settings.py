@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from adapterbank.bank.store import check_task_name
@@ -28,9 +29,22 @@ class TrainSettings:
     warmup_epochs: float = 10.0  # at most half of the run
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
+    schedule: str = "step"  # 'step': lr changes every step; 'epoch': timm's per-epoch cosine (both releases)
+    cooldown_epochs: float = 0.0  # epochs at min_lr after the cosine (timm's scheduler; SSF runs 10)
     label_smoothing: float = 0.0
-    augment: str | None = None  # 'none' or 'fgvc'; None: 'none' for VTAB-1k, 'fgvc' otherwise
+    mixup: float = 0.0  # timm Mixup alphas (SSF FGVC: 0.8 and 1.0); either > 0 trains on soft targets
+    cutmix: float = 0.0
+    random_erase: float = 0.0  # timm RandomErasing probability, pixel mode (SSF FGVC: 0.25)
+    ema_decay: float = 0.0  # > 0: EMA of the task's tensors (timm ModelEmaV3); evaluated and banked instead
+    drop_path_rate: float = 0.0  # backbone stochastic depth, training only (SNELL 0.1; SSF 0 to 0.2 per task)
+    augment: str | None = None  # 'none', 'fgvc' or 'simple'; None: 'none' for VTAB-1k, 'fgvc' otherwise
     image_size: int | None = None  # None: the backbone's input size
+    # Preprocessing contract, stored with the task; None: the backbone's pretrained config
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    interpolation: str | None = None  # eval resize: bicubic, bilinear or nearest
+    crop_pct: float | None = None  # eval: resize to size / crop_pct, centre crop (augment fgvc/simple)
+    train_interpolation: str | None = None  # random resized crop; None: as `interpolation`; 'random' as timm
     seed: int = 0
     max_steps: int | None = None
     eval_every: int = 10  # epochs; the last epoch is always evaluated
@@ -52,6 +66,16 @@ class TrainSettings:
             raise AdapterBankError(f"need lr > 0 and weight decay >= 0, got lr={self.lr}, wd={self.weight_decay}")
         if self.max_steps is not None and self.max_steps < 1:
             raise AdapterBankError(f"--max-steps must be at least 1, got {self.max_steps}")
+        for name in ("label_smoothing", "random_erase", "ema_decay", "drop_path_rate"):
+            _check_range(name, getattr(self, name), 0.0, 1.0)
+        for name in ("mixup", "cutmix", "cooldown_epochs", "warmup_epochs"):
+            _check_range(name, getattr(self, name), 0.0, math.inf)
+        if self.schedule not in ("step", "epoch"):
+            raise AdapterBankError(f"schedule must be 'step' or 'epoch', got {self.schedule!r}")
+
+    @property
+    def mixes(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
 
     def resume_key(self) -> dict[str, Any]:
         """What must not change between a run and its resumption."""
@@ -68,6 +92,20 @@ class TrainSettings:
             "image_size",
             "augment",
             "options",
+            "schedule",
+            "cooldown_epochs",
+            "warmup_epochs",
+            "label_smoothing",
+            "mixup",
+            "cutmix",
+            "random_erase",
+            "ema_decay",
+            "drop_path_rate",
+            "mean",
+            "std",
+            "interpolation",
+            "crop_pct",
+            "train_interpolation",
         )
         return {k: getattr(self, k) for k in keep}
 
@@ -75,8 +113,16 @@ class TrainSettings:
 FIELDS = {f.name for f in dataclasses.fields(TrainSettings)}
 
 
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    """low <= value < high (any value >= low when high is infinite), and a real number."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value < high:
+        bound = f"at least {low:g}" if math.isinf(high) else f"in [{low:g}, {high:g})"
+        raise AdapterBankError(f"{name} must be {bound}, got {value!r}")
+
+
 def resolve(flags: dict[str, Any], method_options: dict[str, Any]) -> TrainSettings:
-    """Defaults, then the recipe (if any), then every flag the user gave (None means not given)."""
+    """Defaults, then the recipe (if any), then every flag the user gave (None means not given). A `-o KEY=VALUE`
+    naming a training setting (e.g. drop_path_rate, mixup, ema_decay) sets it; the others are method options."""
     given = {k: v for k, v in flags.items() if v is not None}
     merged: dict[str, Any] = {}
     options: dict[str, Any] = {}
@@ -85,7 +131,9 @@ def resolve(flags: dict[str, Any], method_options: dict[str, Any]) -> TrainSetti
             (merged if key in FIELDS else options)[key] = value
         given["recipe"] = merged.pop("recipe", given["recipe"])
     merged.update(given)
-    options.update({k: v for k, v in method_options.items() if v is not None})
+    given_options = {k: v for k, v in method_options.items() if v is not None}
+    merged.update({k: v for k, v in given_options.items() if k in FIELDS and k not in given})
+    options.update({k: v for k, v in given_options.items() if k not in FIELDS})
     settings = TrainSettings(**merged, options=options)
     settings.validate()
     return settings

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from adapterbank.backbones import create_backbone, fingerprint
@@ -20,11 +19,13 @@ from adapterbank.bank.store import Bank
 from adapterbank.data import open_dataset
 from adapterbank.data.images import ImageDataset, check_headers, unwrap_worker_error
 from adapterbank.data.layouts import Dataset
-from adapterbank.data.transforms import make_transform
+from adapterbank.data.preprocessing import resolve_preprocessing
 from adapterbank.errors import AdapterBankError
 from adapterbank.training.batches import epoch_batches, steps_per_epoch
 from adapterbank.training.distributed import ProcessInfo, barrier, setup_process
-from adapterbank.training.schedule import warmup_cosine
+from adapterbank.training.ema import TaskEma
+from adapterbank.training.objective import Objective
+from adapterbank.training.schedule import epoch_cosine, warmup_cosine
 from adapterbank.training.settings import DEFAULT_BACKBONE, TrainSettings
 from adapterbank.tuned import TunedModel
 from adapterbank.weights import packaged_checkpoint
@@ -95,14 +96,14 @@ def open_or_create_bank(settings: TrainSettings, info: ProcessInfo) -> tuple[Ban
             given = _build_backbone(settings, arch)
             if fingerprint(given, arch) != bank.identity.fingerprint:
                 raise AdapterBankError(f"--checkpoint weights differ from the backbone of bank '{path}'")
-        return bank, load_backbone(bank)
+        return bank, load_backbone(bank, settings.drop_path_rate)
     arch = settings.backbone or DEFAULT_BACKBONE
     if info.is_main:
         backbone = _build_backbone(settings, arch)
         create_bank(path, backbone, arch, _checkpoint_label(settings))
     barrier()
     bank = Bank(path)
-    return bank, load_backbone(bank)
+    return bank, load_backbone(bank, settings.drop_path_rate)
 
 
 def _loaders(
@@ -116,13 +117,27 @@ def _loaders(
         raise AdapterBankError(f"split '{train_split}' of '{dataset.root}' has a single class: check its labels")
     check_headers(train_samples)
     check_headers(eval_samples)
-    identity = bank.identity
-    size = settings.image_size or identity.input_size[-1]
+    size = settings.image_size or bank.identity.input_size[-1]
     augment = settings.augment or ("none" if dataset.layout == "vtab" else "fgvc")
-    common = (size, identity.mean, identity.std, identity.crop_pct)
-    train = ImageDataset(train_samples, make_transform(augment, *common, training=True))
-    evaluation = ImageDataset(eval_samples, make_transform(augment, *common, training=False))
-    resolved = {"train_split": train_split, "eval_split": eval_split, "image_size": size, "augment": augment}
+    contract = resolve_preprocessing(
+        augment,
+        size,
+        bank.identity,
+        mean=settings.mean,
+        std=settings.std,
+        interpolation=settings.interpolation,
+        crop_pct=settings.crop_pct,
+    )
+    crop_interpolation = settings.train_interpolation or contract.interpolation
+    train = ImageDataset(train_samples, contract.train_transform(augment, crop_interpolation, settings.random_erase))
+    evaluation = ImageDataset(eval_samples, contract.eval_transform())
+    resolved = {
+        "train_split": train_split,
+        "eval_split": eval_split,
+        "image_size": size,
+        "augment": augment,
+        "preprocessing": contract.to_dict(),
+    }
     return train, evaluation, resolved
 
 
@@ -176,10 +191,19 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
     )
     device = device_for(info)
     per_epoch = steps_per_epoch(len(train_set), settings.batch_size, info.world_size)
-    total = min(settings.max_steps or per_epoch * settings.epochs, per_epoch * settings.epochs)
-    warmup = min(int(settings.warmup_epochs * per_epoch), total // 2)
+    cosine_end = per_epoch * settings.epochs
+    planned = cosine_end + int(settings.cooldown_epochs * per_epoch)
+    total = min(settings.max_steps or planned, planned)
     optimizer = torch.optim.AdamW(model.param_groups(settings.weight_decay), lr=settings.lr, eps=1e-8)
-    scheduler = warmup_cosine(optimizer, total, warmup, settings.lr, settings.min_lr, settings.warmup_lr)
+    lrs = (settings.lr, settings.min_lr, settings.warmup_lr)
+    if settings.schedule == "epoch":
+        scheduler = epoch_cosine(optimizer, per_epoch, settings.epochs, settings.warmup_epochs, *lrs)
+    else:
+        scheduler = warmup_cosine(
+            optimizer, cosine_end, min(int(settings.warmup_epochs * per_epoch), cosine_end // 2), *lrs
+        )
+    objective = Objective(len(dataset.class_names), settings.label_smoothing, settings.mixup, settings.cutmix)
+    ema = TaskEma([p for _, p in model.trainable_parameters()], settings.ema_decay) if settings.ema_decay else None
     config = {
         "train_micro_batch_size_per_gpu": settings.batch_size,
         "gradient_accumulation_steps": 1,
@@ -200,6 +224,8 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
             )
         state = {k: client[k] for k in state}
         torch.set_rng_state(client["rng"])
+        if ema is not None:
+            ema.load(client["ema"])
     resumed_from = state["step"]
     evaluation_loader = eval_loader(eval_set, settings.batch_size, settings.num_workers)
     reporter.start(total, state["step"])
@@ -213,19 +239,22 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
         tick = time.perf_counter()
         for images, labels in _batches(loader):
             images, labels = images.to(device), labels.to(device)
+            inputs, targets = objective.prepare(images, labels)
             with autocast(device):
-                logits = engine(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=settings.label_smoothing)
+                logits = engine(inputs)
+            loss = objective.loss(logits, targets)
             engine.backward(loss)
             engine.step()
             state["step"] += 1
+            if ema is not None:
+                ema.update(state["step"])
             state["batch"] += 1
             now = time.perf_counter()
             accuracy = float((logits.argmax(-1) == labels).float().mean())
             reporter.step(state["step"], loss.item(), accuracy, len(labels) * info.world_size / max(now - tick, 1e-9))
             tick = now
             if settings.checkpoint_every and state["step"] % settings.checkpoint_every == 0:
-                _save(engine, run_dir, state, settings, info)
+                _save(engine, run_dir, state, settings, info, ema)
             if state["step"] >= total:
                 break
         epoch_done = state["step"] >= total or state["batch"] >= per_epoch
@@ -234,41 +263,57 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
             state["batch"] = 0
             last = state["step"] >= total
             if info.is_main and (last or state["epoch"] % settings.eval_every == 0):
-                accuracy, _ = evaluate(model, evaluation_loader, device)
+                with averaged(ema):
+                    accuracy, _ = evaluate(model, evaluation_loader, device)
                 state["evaluations"].append({"epoch": state["epoch"], "step": state["step"], "accuracy": accuracy})
                 reporter.evaluated(state["epoch"], accuracy)
             if not last:
-                _save(engine, run_dir, state, settings, info)
+                _save(engine, run_dir, state, settings, info, ema)
     seconds = time.perf_counter() - started
     result = TrainResult(
         settings.task, 0.0, 0, resolved["eval_split"], state["step"], seconds, resumed_from, state["evaluations"]
     )
     if info.is_main:
-        final = state["evaluations"][-1] if state["evaluations"] else None
-        if final is not None and final["step"] == state["step"]:
-            result.accuracy, result.n = final["accuracy"], len(eval_set)
-        else:
-            result.accuracy, result.n = evaluate(model, evaluation_loader, device)
-        best = max((e["accuracy"] for e in state["evaluations"]), default=result.accuracy)
-        metrics = {"accuracy": result.accuracy, "split": result.split, "n": result.n, "best_accuracy": best}
-        training = {
-            **asdict(settings),
-            **resolved,
-            "steps": state["step"],
-            "seconds": round(seconds, 2),
-            "world_size": info.world_size,
-            "layout": dataset.layout,
-            "evaluations": state["evaluations"],
-        }
-        commit(bank, task_record(model, settings.task, dataset.class_names, metrics=metrics, training=training))
+        with averaged(ema):  # the EMA weights are what is evaluated and banked, when training keeps one
+            final = state["evaluations"][-1] if state["evaluations"] else None
+            if final is not None and final["step"] == state["step"]:
+                result.accuracy, result.n = final["accuracy"], len(eval_set)
+            else:
+                result.accuracy, result.n = evaluate(model, evaluation_loader, device)
+            best = max((e["accuracy"] for e in state["evaluations"]), default=result.accuracy)
+            metrics = {"accuracy": result.accuracy, "split": result.split, "n": result.n, "best_accuracy": best}
+            training = {
+                **asdict(settings),
+                **resolved,
+                "steps": state["step"],
+                "seconds": round(seconds, 2),
+                "world_size": info.world_size,
+                "layout": dataset.layout,
+                "evaluations": state["evaluations"],
+            }
+            commit(bank, task_record(model, settings.task, dataset.class_names, metrics=metrics, training=training))
         shutil.rmtree(run_dir, ignore_errors=True)
     barrier()
     return result
 
 
-def _save(engine: Any, run_dir: Path, state: dict[str, Any], settings: TrainSettings, info: ProcessInfo) -> None:
-    """A resume point: trainable tensors, optimizer, scheduler, position in the data and the RNG state."""
+def averaged(ema: TaskEma | None) -> contextlib.AbstractContextManager:
+    """The EMA weights in the model while inside, when training keeps an EMA."""
+    return ema.swapped_in() if ema is not None else contextlib.nullcontext()
+
+
+def _save(
+    engine: Any,
+    run_dir: Path,
+    state: dict[str, Any],
+    settings: TrainSettings,
+    info: ProcessInfo,
+    ema: TaskEma | None,
+) -> None:
+    """A resume point: trainable tensors, optimizer, scheduler, EMA, position in the data and the RNG state."""
     client = {**state, "settings": settings.resume_key(), "rng": torch.get_rng_state()}
+    if ema is not None:
+        client["ema"] = ema.state()
     engine.save_checkpoint(
         str(run_dir), tag=f"step{state['step']}", client_state=client, exclude_frozen_parameters=True
     )
