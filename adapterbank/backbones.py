@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -67,6 +68,47 @@ def family_of(model: nn.Module) -> Family:
         if cls.__name__ in _FAMILY_BY_CLASS:
             return _FAMILY_BY_CLASS[cls.__name__]
     return "cnn"
+
+
+FIXED_SIZE_FAMILIES: tuple[Family, ...] = ("vit", "swin")  # position embeddings / windows tied to the input size
+
+
+def has_fixed_input_size(model: nn.Module) -> bool:
+    """Whether the backbone's weights are tied to one input size (then tasks of other sizes need their own copy of
+    the size-dependent tensors; CNNs and ConvNeXt take any size as they are)."""
+    return family_of(model) in FIXED_SIZE_FAMILIES
+
+
+def adapt_input_size(model: nn.Module, size: int) -> None:
+    """Make `model` take size x size images as timm does: ViT and Swin resample their position embeddings (Swin
+    also its windows and relative position tables) with their own `set_input_size`; other families are left as
+    they are. Frozen tensors are replaced, never changed in place, so a model sharing them keeps its own."""
+    if not has_fixed_input_size(model) or tuple(model.patch_embed.img_size) == (size, size):
+        return
+    patch = model.patch_embed.patch_size[0]
+    if size % patch:
+        raise AdapterBankError(
+            f"{type(model).__name__} has {patch} px patches: the image size must be a multiple of {patch}, got {size}"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # timm's table interpolation warns about tensor layouts, not about results
+        model.set_input_size(img_size=(size, size))
+
+
+def check_input_size(arch: str, size: int) -> None:
+    """Refuse an image size the architecture cannot take, before any work: adapted and run on the meta device
+    (no weights, no compute)."""
+    check_backbone_name(arch)
+    with torch.device("meta"):
+        model = timm.create_model(arch).eval()
+    adapt_input_size(model, size)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model(torch.empty(1, 3, size, size, device="meta"))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise AdapterBankError(f"{arch} cannot take {size} px images: {first}") from exc
 
 
 def classifier_path(model: nn.Module) -> str:

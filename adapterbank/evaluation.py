@@ -8,12 +8,27 @@ from typing import Any
 import torch
 
 from adapterbank.bank.models import load_tasks
-from adapterbank.bank.store import Bank
+from adapterbank.bank.store import Bank, TaskRecord
 from adapterbank.data import open_dataset
 from adapterbank.data.images import ImageDataset, check_headers
 from adapterbank.data.preprocessing import task_preprocessing
 from adapterbank.errors import AdapterBankError
 from adapterbank.training.trainer import eval_loader, evaluate
+
+
+def labelled_split(data: str | Path, split: str | None, record: TaskRecord) -> tuple[str, list[tuple[Path, int]]]:
+    """(split, [(image, label)]) of a dataset for a banked task: the split it was evaluated on unless named; the
+    class count must be the task's; every image header is read up front."""
+    dataset = open_dataset(data)
+    if len(dataset.class_names) != len(record.class_names):
+        raise AdapterBankError(
+            f"dataset '{data}' has {len(dataset.class_names)} classes; task '{record.name}' has "
+            f"{len(record.class_names)}"
+        )
+    split = split or record.training.get("eval_split") or dataset.default_splits()[1]
+    samples = dataset.split(split)
+    check_headers(samples)
+    return split, samples
 
 
 def evaluate_task(
@@ -22,16 +37,8 @@ def evaluate_task(
     """{"task", "split", "accuracy", "n"} with accuracy in [0, 1]."""
     bank = Bank(bank_path)
     model, [record] = load_tasks(bank, [task])
-    dataset = open_dataset(data)
-    if len(dataset.class_names) != len(record.class_names):
-        raise AdapterBankError(
-            f"dataset '{data}' has {len(dataset.class_names)} classes; task '{task}' has {len(record.class_names)}"
-        )
-    training = record.training
-    split = split or training.get("eval_split") or dataset.default_splits()[1]
-    samples = dataset.split(split)
-    check_headers(samples)
-    transform = task_preprocessing(training, bank.identity).eval_transform()
+    split, samples = labelled_split(data, split, record)
+    transform = task_preprocessing(record.training, bank.identity).eval_transform()
     accuracy, n = evaluate(
         model, eval_loader(ImageDataset(samples, transform), batch_size, workers), torch.device("cpu")
     )

@@ -22,8 +22,10 @@ import onnx
 import torch
 from torch import nn
 
+from adapterbank.backbones import has_fixed_input_size
 from adapterbank.bank.models import load_tasks
 from adapterbank.bank.store import Bank, TaskRecord
+from adapterbank.data.preprocessing import Preprocessing, task_preprocessing
 from adapterbank.errors import AdapterBankError
 from adapterbank.ort_sessions import session
 from adapterbank.tuned import TunedModel
@@ -58,9 +60,9 @@ class MultiTaskGraph(nn.Module):
             return self.tuned.model(images)
 
 
-def parity_batch(bank: Bank, batch: int, seed: int = 0) -> torch.Tensor:
-    """A fixed batch in the backbone's input range (normalised noise), the same on every run."""
-    return torch.randn(batch, *bank.identity.input_size, generator=torch.Generator().manual_seed(seed))
+def parity_batch(size: int, batch: int, seed: int = 0) -> torch.Tensor:
+    """A fixed batch of size x size images in the normalised input range (noise), the same on every run."""
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def graph_stats(path: str | Path) -> dict[str, Any]:
@@ -159,15 +161,16 @@ def check_parity(actual: np.ndarray, expected: np.ndarray, fp16: bool, what: str
     return error
 
 
-def preprocessing(bank: Bank) -> dict[str, Any]:
-    i = bank.identity
-    return {
-        "input_size": list(i.input_size),
-        "mean": list(i.mean),
-        "std": list(i.std),
-        "interpolation": i.interpolation,
-        "crop_pct": i.crop_pct,
-    }
+def resolution(bank: Bank, model: TunedModel, size: int) -> dict[str, Any]:
+    """What the graph's input size means: fixed at the task's size, and whether the backbone itself is."""
+    native = bank.identity.input_size[-1]
+    if not has_fixed_input_size(model.model):
+        backbone = f"convolutional: the weights take any size; this graph is traced at {size} px"
+    elif size == native:
+        backbone = f"position embeddings at their pretrained {native} px"
+    else:
+        backbone = f"position embeddings resampled from {native} to {size} px (timm set_input_size, bicubic)"
+    return {"size": size, "graph_input": "fixed", "backbone": backbone}
 
 
 def _publish(graph_tmp: Path, manifest_tmp: Path, graph: Path, manifest: Path, info: dict[str, Any]) -> dict[str, Any]:
@@ -179,14 +182,23 @@ def _publish(graph_tmp: Path, manifest_tmp: Path, graph: Path, manifest: Path, i
 
 
 def export_task(
-    bank: Bank, task: str, out: str | Path = "exports", fp16: bool = False, opset: int = DEFAULT_OPSET, batch: int = 2
+    bank: Bank,
+    task: str,
+    out: str | Path = "exports",
+    fp16: bool = False,
+    opset: int = DEFAULT_OPSET,
+    batch: int = 2,
+    verify: VerifyData | None = None,
 ) -> ExportResult:
-    """One task as one graph: merged when the method merges, else the tuned model with its extra ops."""
+    """One task as one graph at the task's own resolution: merged when the method merges, else the tuned model
+    with its extra ops. With `verify`, the graph is run on real images first (see `verify_export`)."""
     check_opset(opset)
     out = Path(out)
     model, [record] = load_tasks(bank, [task])
+    contract = task_preprocessing(record.training, bank.identity)
+    samples = verify.samples(record) if verify is not None else None  # bad data fails before the export work
     prepare_out_dir(out)
-    images = parity_batch(bank, batch)
+    images = parity_batch(contract.size, batch)
     with torch.no_grad():
         expected = model(images).numpy()
     merged = model.method.mergeable
@@ -197,25 +209,23 @@ def export_task(
         if fp16:
             to_fp16(graph_tmp)
         error = check_parity(run_graph(graph_tmp, {"images": images.numpy()}), expected, fp16, f"task '{task}'")
-        info = _publish(
-            graph_tmp,
-            manifest_tmp,
-            graph,
-            manifest,
-            {
-                **_task_info(record),
-                "backbone": bank.identity.arch,
-                "fingerprint": bank.identity.fingerprint,
-                "preprocessing": preprocessing(bank),
-                "opset": opset,
-                "precision": "fp16" if fp16 else "fp32",
-                "merged": merged,
-                "extra_ops": [] if merged else model.method.extra_ops(model.config),
-                "inputs": {"images": ["batch", *bank.identity.input_size]},
-                "parity_max_abs_error": error,
-                "parity_batch": batch,
-            },
-        )
+        info = {
+            **_task_info(record),
+            "backbone": bank.identity.arch,
+            "fingerprint": bank.identity.fingerprint,
+            "preprocessing": contract.manifest(),
+            "resolution": resolution(bank, model, contract.size),
+            "opset": opset,
+            "precision": "fp16" if fp16 else "fp32",
+            "merged": merged,
+            "extra_ops": [] if merged else model.method.extra_ops(model.config),
+            "inputs": {"images": ["batch", 3, contract.size, contract.size]},
+            "parity_max_abs_error": error,
+            "parity_batch": batch,
+        }
+        if verify is not None:
+            info["verified"] = verify_export(graph_tmp, info, model, contract, verify, samples)
+        info = _publish(graph_tmp, manifest_tmp, graph, manifest, info)
     return ExportResult(graph, manifest, error, info)
 
 
@@ -249,9 +259,16 @@ def export_multi_task(
             f"{m}: {', '.join(t for t in tasks if methods[t] == m)}" for m in sorted(set(methods.values()))
         )
         raise AdapterBankError(f"one multi-task graph holds one method; these tasks mix methods ({groups})")
+    contracts = [task_preprocessing(bank.load(t, with_tensors=False).training, bank.identity) for t in tasks]
+    sizes = sorted({c.size for c in contracts})
+    if len(sizes) > 1:
+        listed = ", ".join(f"{t}: {c.size} px" for t, c in zip(tasks, contracts, strict=True))
+        raise AdapterBankError(
+            f"one multi-task graph has one input size; these tasks differ ({listed}): export them in groups of one size"
+        )
     model, records = load_tasks(bank, tasks)
     prepare_out_dir(out)
-    images = parity_batch(bank, batch)
+    images = parity_batch(sizes[0], batch)
     task_id = torch.arange(batch) % len(tasks)
     graph_module = MultiTaskGraph(model).eval()
     with torch.no_grad():
@@ -270,19 +287,81 @@ def export_multi_task(
             manifest,
             {
                 "multi_task": True,
-                "tasks": [{**_task_info(r), "task_id": i} for i, r in enumerate(records)],
+                "tasks": [
+                    {**_task_info(r), "task_id": i, "preprocessing": c.manifest()}
+                    for i, (r, c) in enumerate(zip(records, contracts, strict=True))
+                ],
                 "method": records[0].method,
                 "backbone": bank.identity.arch,
                 "fingerprint": bank.identity.fingerprint,
-                "preprocessing": preprocessing(bank),
+                # one contract for all when the tasks agree; else each task's entry holds its own
+                "preprocessing": contracts[0].manifest() if len(set(contracts)) == 1 else None,
+                "resolution": resolution(bank, model, sizes[0]),
                 "opset": opset,
                 "precision": "fp16" if fp16 else "fp32",
                 "merged": False,
                 "extra_ops": ["per-sample gather of task tensors"],
-                "inputs": {"images": ["batch", *bank.identity.input_size], "task_id": ["batch"]},
+                "inputs": {"images": ["batch", 3, sizes[0], sizes[0]], "task_id": ["batch"]},
                 "outputs": {"logits": ["batch", max(len(r.class_names) for r in records)]},
                 "parity_max_abs_error": error,
                 "parity_batch": batch,
             },
         )
     return ExportResult(graph, manifest, error, info)
+
+
+@dataclass
+class VerifyData:
+    """`export --verify-data`: a dataset folder and split (None: the split the task was evaluated on)."""
+
+    data: str | Path
+    split: str | None = None
+    batch_size: int = 64
+    workers: int = 2
+
+    def samples(self, record: TaskRecord) -> tuple[str, list[tuple[Path, int]]]:
+        from adapterbank.evaluation import labelled_split
+
+        return labelled_split(self.data, self.split, record)
+
+
+VERIFY_TOLERANCE = 0.005  # accuracy points as a fraction: 0.5 points
+
+
+def verify_export(
+    graph: Path,
+    info: dict[str, Any],
+    model: TunedModel,
+    contract: Preprocessing,
+    verify: VerifyData,
+    samples: tuple[str, list],
+) -> dict[str, Any]:
+    """Run the graph in ONNX Runtime on real images preprocessed from the manifest alone, and the PyTorch model on
+    the same files preprocessed by `contract` (the bank's record of how the task was evaluated); refuse (nothing
+    is published) when the accuracies differ by more than 0.5 points or the labels on more than 1% of images."""
+    from adapterbank.data.images import ImageDataset
+    from adapterbank.training.trainer import eval_loader
+
+    split, pairs = samples
+    from_manifest = Preprocessing.from_dict(info["preprocessing"]).eval_transform()
+    from_bank = contract.eval_transform()
+    both = ImageDataset(pairs, lambda image: (from_manifest(image), from_bank(image)))
+    graph_session = session(graph)
+    graph_correct = model_correct = disagree = 0
+    with torch.no_grad():
+        for (graph_images, model_images), labels in eval_loader(both, verify.batch_size, verify.workers):
+            graph_labels = torch.from_numpy(graph_session.run(["logits"], {"images": graph_images.numpy()})[0])
+            graph_labels = graph_labels.argmax(-1)
+            model_labels = model(model_images).argmax(-1)
+            graph_correct += int((graph_labels == labels).sum())
+            model_correct += int((model_labels == labels).sum())
+            disagree += int((graph_labels != model_labels).sum())
+    n = len(pairs)
+    verified = {"accuracy": graph_correct / n, "n": n, "split": split, "eval_accuracy": model_correct / n}
+    if abs(verified["accuracy"] - verified["eval_accuracy"]) > VERIFY_TOLERANCE or disagree > 0.01 * n:
+        raise AdapterBankError(
+            f"task '{info['task']}': on {split} the graph scores {verified['accuracy']:.2%} and the PyTorch model "
+            f"{verified['eval_accuracy']:.2%}, labels differing on {disagree} of {n} images (allowed: 0.5 points, "
+            f"1% of images); nothing written"
+        )
+    return verified

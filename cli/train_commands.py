@@ -87,7 +87,7 @@ def train(
     ),
     recipe: str | None = typer.Option(None, help="Recipe name (e.g. vtab/cifar) or YAML file."),
     image_size: int | None = typer.Option(None, "--image-size"),
-    augment: str | None = typer.Option(None, help="'none' (VTAB) or 'fgvc'."),
+    augment: str | None = typer.Option(None, help="'none' (VTAB), 'fgvc' (SNELL/VPT) or 'simple' (SSF)."),
     seed: int | None = typer.Option(None),
     max_steps: int | None = typer.Option(None, "--max-steps"),
     eval_every: int | None = typer.Option(None, "--eval-every", help="Epochs between evaluations."),

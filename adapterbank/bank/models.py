@@ -12,8 +12,9 @@ import timm
 import torch
 from torch import nn
 
-from adapterbank.backbones import backbone_state, fingerprint
+from adapterbank.backbones import adapt_input_size, backbone_state, fingerprint, has_fixed_input_size
 from adapterbank.bank.store import BackboneIdentity, Bank, TaskRecord
+from adapterbank.data.preprocessing import task_preprocessing
 from adapterbank.errors import AdapterBankError
 from adapterbank.tuned import TunedModel
 
@@ -93,6 +94,14 @@ def load_tasks(
                 f"config: load them into separate models"
             )
     base = load_backbone(bank) if backbone is None else backbone
+    sizes = {r.name: task_preprocessing(r.training, bank.identity).size for r in records}
+    if has_fixed_input_size(base) and len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{name}: {size} px" for name, size in sizes.items())
+        raise AdapterBankError(
+            f"tasks trained at different image sizes ({listed}) cannot share one model of this backbone: "
+            f"load them apart"
+        )
+    adapt_input_size(base, sizes[first.name])
     classes = [len(r.class_names) for r in records]
     model = TunedModel(base, bank.identity.arch, first.method, classes, first.config, bank.identity.fingerprint)
     for index, record in enumerate(records):
@@ -109,16 +118,19 @@ def load_record(model: TunedModel, record: TaskRecord, slot: int) -> None:
         raise AdapterBankError(f"task '{record.name}': {exc}") from exc
 
 
-def expected_shapes(arch: str, record: TaskRecord) -> dict[str, tuple[int, ...]]:
-    """The tensor shapes the record's method and config need on this architecture (built on the meta device)."""
+def expected_shapes(identity: BackboneIdentity, record: TaskRecord) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes the record's method and config need on this backbone at the task's image size (built on
+    the meta device)."""
+    arch = identity.arch
     with torch.device("meta"):
         backbone = timm.create_model(arch)
+        adapt_input_size(backbone, task_preprocessing(record.training, identity).size)
         model = TunedModel(backbone, arch, record.method, [len(record.class_names)], record.config, "meta")
     return {k: tuple(v.shape) for k, v in model.state(0).items()}
 
 
-def check_record_shapes(arch: str, record: TaskRecord) -> None:
-    expected = expected_shapes(arch, record)
+def check_record_shapes(identity: BackboneIdentity, record: TaskRecord) -> None:
+    expected = expected_shapes(identity, record)
     for key, shape in expected.items():
         if key not in record.shapes:
             raise AdapterBankError(f"task '{record.name}': missing tensor '{key}'")
@@ -133,7 +145,7 @@ def check_record_shapes(arch: str, record: TaskRecord) -> None:
 
 def commit(bank: Bank, record: TaskRecord) -> TaskRecord:
     """Validate against the bank, then shapes against the method, then commit atomically."""
-    check_record_shapes(bank.identity.arch, bank.check(record))
+    check_record_shapes(bank.identity, bank.check(record))
     return bank.commit(record)
 
 
@@ -142,7 +154,7 @@ def verify(bank: Bank) -> list[tuple[str, str]]:
     problems = []
     for name in bank.tasks():
         try:
-            check_record_shapes(bank.identity.arch, bank.load(name))
+            check_record_shapes(bank.identity, bank.load(name))
         except AdapterBankError as exc:
             problems.append((name, str(exc)))
     return problems

@@ -70,6 +70,25 @@ class Preprocessing:
         except (KeyError, TypeError, ValueError) as exc:
             raise AdapterBankError(f"malformed preprocessing record {dict(values)}: {exc}") from exc
 
+    def manifest(self) -> dict[str, Any]:
+        """The contract for someone with only the exported graph: every step, with torchvision's rounding rules."""
+        if self.resize == "direct":
+            geometry = [f"resize to {self.size}x{self.size} ({self.interpolation}, PIL resampling)"]
+        else:
+            geometry = [
+                f"resize the short side to {self.resize_to}, the long side to int({self.resize_to} * long / short) "
+                f"({self.interpolation}, PIL resampling)",
+                f"centre crop {self.size}x{self.size}: top = round((height - {self.size}) / 2), left likewise",
+            ]
+        steps = [
+            "decode and convert to RGB (PIL Image.convert('RGB'))",
+            *geometry,
+            "to float32 in [0, 1] (divide by 255)",
+            "normalize per channel: (x - mean) / std",
+            "layout NCHW: images of shape [batch, 3, size, size]",
+        ]
+        return {**self.to_dict(), "resize_to": self.resize_to, "input_size": [3, self.size, self.size], "steps": steps}
+
     def eval_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         interpolation = T.InterpolationMode(self.interpolation)
         if self.resize == "direct":

@@ -23,6 +23,7 @@ import torch
 from onnx import numpy_helper
 
 from adapterbank.bank.store import Bank, TaskRecord
+from adapterbank.data.preprocessing import task_preprocessing
 from adapterbank.export import MULTI_TASK_METHODS, export_multi_task, export_task
 from adapterbank.ort_sessions import session
 from adapterbank.runtime.slots import TaskSlot, rows_per_group
@@ -90,8 +91,9 @@ class ONNXRuntime:
         records = [self.bank.load(n, with_tensors=False) for n in names]
         grouped: dict[str, list[TaskRecord]] = {}
         for record in records:
-            if record.method in MULTI_TASK_METHODS:
-                key = json.dumps([record.method, record.config], sort_keys=True)
+            if record.method in MULTI_TASK_METHODS:  # a graph has one input size: sizes group apart
+                size = task_preprocessing(record.training, self.bank.identity).size
+                key = json.dumps([record.method, record.config, size], sort_keys=True)
             else:
                 key = "task:" + record.name
             grouped.setdefault(key, []).append(record)

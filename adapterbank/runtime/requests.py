@@ -29,21 +29,24 @@ class Answer:
     error: str = ""
 
 
-def read_requests(csv_path: Path) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class Request:
+    path: str  # as written in the request file, and so in the answer
+    file: Path  # where it is read from: relative paths are relative to the request file's folder
+    task: str
+
+
+def read_requests(csv_path: Path) -> list[Request]:
     if not csv_path.is_file():
         raise AdapterBankError(f"request file '{csv_path}' does not exist")
-    with csv_path.open(newline="") as f:
+    with csv_path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a CSV saved by Excel starts with a BOM
         rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "task"]:
         rows = rows[1:]
     bad = next((i for i, row in enumerate(rows) if len(row) < 2), None)
     if bad is not None:
         raise AdapterBankError(f"{csv_path}: row {bad + 1} is not 'path,task'")
-    base = csv_path.parent
-    return [
-        (str((base / row[0].strip()) if not Path(row[0].strip()).is_absolute() else row[0].strip()), row[1].strip())
-        for row in rows
-    ]
+    return [Request(row[0], csv_path.parent / row[0].strip(), row[1].strip()) for row in rows]
 
 
 class Preprocessor:
@@ -63,37 +66,37 @@ class Preprocessor:
     def size_of(self, task: str) -> int:
         return self.contract(task).size
 
-    def __call__(self, path: str, task: str) -> torch.Tensor:
+    def __call__(self, file: Path, task: str) -> torch.Tensor:
         if task not in self._transforms:
             self._transforms[task] = self.contract(task).eval_transform()
-        return self._transforms[task](load_rgb(Path(path)))
+        return self._transforms[task](load_rgb(file))
 
 
-def answer(runtime: Runtime, requests: list[tuple[str, str]], batch_size: int, top_k: int) -> Iterator[Answer]:
+def answer(runtime: Runtime, requests: list[Request], batch_size: int, top_k: int) -> Iterator[Answer]:
     """Answers in input order, one per request; batches mix tasks (grouped only by input size)."""
     preprocess = Preprocessor(runtime)
     for start in range(0, len(requests), batch_size):
         chunk = requests[start : start + batch_size]
         answers: list[Answer | None] = [None] * len(chunk)
         by_size: dict[int, list[tuple[int, torch.Tensor]]] = {}
-        for i, (path, task) in enumerate(chunk):
-            if task not in runtime.tasks:
-                answers[i] = Answer(path, task, [], [], [], f"unknown task '{task}'")
+        for i, request in enumerate(chunk):
+            if request.task not in runtime.tasks:
+                answers[i] = Answer(request.path, request.task, [], [], [], f"unknown task '{request.task}'")
                 continue
             try:
-                tensor = preprocess(path, task)
+                tensor = preprocess(request.file, request.task)
             except AdapterBankError as exc:
-                answers[i] = Answer(path, task, [], [], [], str(exc))
+                answers[i] = Answer(request.path, request.task, [], [], [], str(exc))
                 continue
-            by_size.setdefault(preprocess.size_of(task), []).append((i, tensor))
+            by_size.setdefault(preprocess.size_of(request.task), []).append((i, tensor))
         for items in by_size.values():
             indices = [i for i, _ in items]
-            logits = runtime.predict(torch.stack([t for _, t in items]), [chunk[i][1] for i in indices])
+            logits = runtime.predict(torch.stack([t for _, t in items]), [chunk[i].task for i in indices])
             for i, row in zip(indices, logits, strict=True):
                 probabilities = row.softmax(-1)
                 scores, labels = probabilities.topk(min(top_k, len(row)))
-                names = runtime.tasks[chunk[i][1]].class_names
+                names = runtime.tasks[chunk[i].task].class_names
                 answers[i] = Answer(
-                    chunk[i][0], chunk[i][1], labels.tolist(), [names[j] for j in labels.tolist()], scores.tolist()
+                    chunk[i].path, chunk[i].task, labels.tolist(), [names[j] for j in labels.tolist()], scores.tolist()
                 )
         yield from answers  # type: ignore[misc]

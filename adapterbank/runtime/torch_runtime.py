@@ -1,10 +1,11 @@
 """PyTorch runtime: every task of a bank resident on one frozen backbone; `predict(images, tasks)` per sample.
 
 Tasks are grouped by (method, config); each group is one TunedModel whose frozen weights are the very tensors of
-the shared backbone (no copies), so memory is one backbone plus the task tensors. A mixed batch is split by group
-only; inside a group each sample uses its own task (per-sample gathers for SSF, BitFit, LoRA and heads; SNELL per
-task group through its merged weights W0 + dW, kept in an LRU cache under a byte budget). `full` tasks own a whole
-backbone each.
+the shared backbone (no copies), so memory is one backbone plus the task tensors. On ViT and Swin, tasks trained
+at another image size form groups of their own, with position embeddings resampled to it (timm set_input_size).
+A mixed batch is split by group only; inside a group each sample uses its own task (per-sample gathers for SSF,
+BitFit, LoRA and heads; SNELL per task group through its merged weights W0 + dW, kept in an LRU cache under a
+byte budget). `full` tasks own a whole backbone each.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from adapterbank.backbones import adapt_input_size, has_fixed_input_size
 from adapterbank.bank.models import load_backbone, load_record
 from adapterbank.bank.store import Bank, TaskRecord
+from adapterbank.data.preprocessing import task_preprocessing
 from adapterbank.methods.snell import KernelSparseDelta
 from adapterbank.methods.weight_cache import WeightCache
 from adapterbank.runtime.slots import TaskSlot, rows_per_group
@@ -55,8 +58,10 @@ class TorchRuntime:
         names = self.only if self.only is not None else self.bank.tasks()
         records = [self.bank.load(name) for name in names]
         by_group: dict[str, list[TaskRecord]] = {}
+        fixed_size = has_fixed_input_size(self.backbone)
         for record in records:
-            key = json.dumps([record.method, record.config], sort_keys=True)
+            size = task_preprocessing(record.training, self.bank.identity).size if fixed_size else None
+            key = json.dumps([record.method, record.config, size], sort_keys=True)
             if record.method == "full":
                 key += record.name  # a full task owns its backbone: never shares a model
             by_group.setdefault(key, []).append(record)
@@ -65,6 +70,7 @@ class TorchRuntime:
         for members in by_group.values():
             first = members[0]
             base = copy.deepcopy(self.backbone) if first.method == "full" else share_frozen(self.backbone)
+            adapt_input_size(base, task_preprocessing(first.training, self.bank.identity).size)
             model = TunedModel(
                 base,
                 self.bank.identity.arch,

@@ -64,6 +64,8 @@ class TrainSettings:
                 raise AdapterBankError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise AdapterBankError(f"need lr > 0 and weight decay >= 0, got lr={self.lr}, wd={self.weight_decay}")
+        if self.image_size is not None and self.image_size < 1:
+            raise AdapterBankError(f"--image-size must be a positive number of pixels, got {self.image_size}")
         if self.max_steps is not None and self.max_steps < 1:
             raise AdapterBankError(f"--max-steps must be at least 1, got {self.max_steps}")
         for name in ("label_smoothing", "random_erase", "ema_decay", "drop_path_rate"):

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from adapterbank.backbones import create_backbone, fingerprint
+from adapterbank.backbones import adapt_input_size, check_input_size, create_backbone, fingerprint
 from adapterbank.bank.models import commit, create_bank, load_backbone, task_record
 from adapterbank.bank.store import Bank
 from adapterbank.data import open_dataset
@@ -92,12 +92,16 @@ def open_or_create_bank(settings: TrainSettings, info: ProcessInfo) -> tuple[Ban
         arch = bank.identity.arch
         if settings.backbone and settings.backbone.split(".")[0] != arch.split(".")[0]:
             raise AdapterBankError(f"bank '{path}' holds {arch}, not {settings.backbone}; use another --bank")
+        if settings.image_size:
+            check_input_size(arch, settings.image_size)
         if settings.checkpoint is not None:
             given = _build_backbone(settings, arch)
             if fingerprint(given, arch) != bank.identity.fingerprint:
                 raise AdapterBankError(f"--checkpoint weights differ from the backbone of bank '{path}'")
         return bank, load_backbone(bank, settings.drop_path_rate)
     arch = settings.backbone or DEFAULT_BACKBONE
+    if settings.image_size:
+        check_input_size(arch, settings.image_size)  # before the bank is created
     if info.is_main:
         backbone = _build_backbone(settings, arch)
         create_bank(path, backbone, arch, _checkpoint_label(settings))
@@ -180,6 +184,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
     dataset = open_dataset(settings.data)
     bank, backbone = open_or_create_bank(settings, info)
     train_set, eval_set, resolved = _loaders(dataset, settings, bank)
+    adapt_input_size(backbone, resolved["image_size"])
     torch.manual_seed(settings.seed)
     model = TunedModel(
         backbone,

@@ -1,0 +1,229 @@
+"""One task, one answer: every method x {a ViT, a CNN} x {default size, another size}, on real photographs.
+
+For each bank: `eval` (evaluate_task), `predict --backend torch`, `predict --backend onnx`, every exported per-task
+graph (verified with --verify-data) and the multi-task graphs ONNXRuntime serves from, the last two read by a
+small ONNX Runtime + PIL reader written here from the manifests alone (not adapterbank's loader). Labels must agree
+on >= 99% of images and accuracies within 0.5 points; logits of the graphs within 1e-3 of PyTorch's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from adapterbank import AdapterBankError, TunedModel, create_backbone
+from adapterbank.backbones import adapt_input_size
+from adapterbank.bank.models import commit, create_bank, load_backbone, task_record
+from adapterbank.bank.store import Bank
+from adapterbank.data.preprocessing import Preprocessing
+from adapterbank.evaluation import evaluate_task
+from adapterbank.export import VerifyData, export_task
+from adapterbank.inspection import perturb_task_parameters
+from adapterbank.runtime import ONNXRuntime, TorchRuntime
+from adapterbank.runtime.requests import answer, read_requests
+from tests.conftest import SHARED_DATA
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present"),
+]
+
+IMAGES = 100  # real photographs of TrashNet's test split (6 classes)
+VIT, CNN = "test_vit", "test_resnet"  # timm's tiny test architectures: a real VisionTransformer and ResNet
+ATTENTION_ONLY = ("prefix", "prompt", "utuning")
+METHODS = ("linear", "full", "bitfit", "ssf", "lora", "snell", "adapter", *ATTENTION_ONLY)
+OPTIONS = {
+    "lora": {"rank": 4},
+    "snell": {"rank": 4, "sparsity": 0.5},
+    "adapter": {"dim": 4},
+    "prefix": {"length": 2},
+    "prompt": {"length": 2},
+    "utuning": {"prefix_length": 2, "prompt_length": 2, "adapter_dim": 4},
+}
+# (backbone, size): the pretrained size with the backbone's own preprocessing and a direct resize, or another size
+# with another mean/std, a resize + centre crop and bilinear interpolation
+CASES = [(VIT, 160), (VIT, 96), (CNN, 160), (CNN, 112)]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """A VTAB-1k layout task of the first IMAGES test photographs of TrashNet (every split lists them)."""
+    source = SHARED_DATA / "vtab-1k" / "trashnet"
+    root = tmp_path_factory.mktemp("photos") / "trashnet"
+    lines = (source / "test.txt").read_text().splitlines()[:IMAGES]
+    for line in lines:
+        relative = line.rsplit(" ", 1)[0]
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / relative, root / relative)
+    for split in ("train800", "val200", "train800val200", "test"):
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    shutil.copy(source / "classes.txt", root / "classes.txt")
+    return root
+
+
+def contract_for(bank: Bank, size: int) -> Preprocessing:
+    identity = bank.identity
+    if size == identity.input_size[-1]:
+        return Preprocessing(size, "direct", identity.crop_pct, "bicubic", identity.mean, identity.std)
+    other = (0.5, 0.5, 0.5) if identity.mean != (0.5, 0.5, 0.5) else (0.485, 0.456, 0.406)
+    return Preprocessing(size, "crop", 0.875, "bilinear", other, (0.25, 0.25, 0.25))
+
+
+def fit_head(model: TunedModel, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """A ridge-regression head on standardised features, so labels depend on the image (a random network's head
+    answers one class for everything, which would make agreement vacuous)."""
+    head = model.model.get_submodule(model.head_path)
+    captured = []
+    handle = head.register_forward_pre_hook(lambda _, args: captured.append(args[0].double()))
+    with torch.no_grad():
+        model(images)
+    handle.remove()
+    features = captured[0]
+    mean, std = features.mean(0), features.std()  # one scale for all features: amplifies no rounding error
+    z = (features - mean) / std
+    targets = torch.nn.functional.one_hot(labels, head.num_classes[0]).double()
+    w = torch.linalg.solve(z.T @ z + 10.0 * torch.eye(z.shape[1], dtype=z.dtype), z.T @ (targets - targets.mean(0)))
+    bias = targets.mean(0) - (mean / std) @ w
+    weight = (w / std).T
+    scale = 5.0 / (features @ weight.T + bias).abs().max()  # logits of a usual size; argmax is unchanged
+    with torch.no_grad():
+        head.weight[0].copy_(weight * scale)
+        head.bias[0].copy_(bias * scale)
+
+
+def build_bank(folder: Path, arch: str, size: int, class_names: list[str], photos: Path) -> tuple[Bank, Preprocessing]:
+    """Tasks of every method that fits the backbone, trained at `size`: task tensors moved off their init, and a
+    head fitted on the photographs."""
+    torch.manual_seed(0)
+    bank = create_bank(folder / "bank", create_backbone(arch), arch, "random-init")
+    contract = contract_for(bank, size)
+    training = {"preprocessing": contract.to_dict(), "image_size": size, "augment": "none", "eval_split": "test"}
+    backbone = load_backbone(bank)
+    adapt_input_size(backbone, size)
+    lines = (photos / "test.txt").read_text().splitlines()
+    transform = contract.eval_transform()
+    images = torch.stack([transform(Image.open(photos / ln.rsplit(" ", 1)[0]).convert("RGB")) for ln in lines])
+    labels = torch.tensor([int(ln.rsplit(" ", 1)[1]) for ln in lines])
+    for i, method in enumerate(METHODS):
+        if arch == CNN and method in ATTENTION_ONLY:
+            continue
+        base, fingerprint = copy.deepcopy(backbone), bank.identity.fingerprint  # of the weights before resampling
+        model = TunedModel(base, arch, method, [len(class_names)], OPTIONS.get(method), fingerprint).eval()
+        perturb_task_parameters(model, std=0.01 if method == "full" else 0.05, seed=i)
+        fit_head(model, images, labels)
+        commit(bank, task_record(model, method, class_names, training=training))
+    return bank, contract
+
+
+def read_images(paths: list[Path], pre: dict) -> np.ndarray:
+    """The manifest's steps with PIL and numpy only."""
+    size, resample = pre["size"], getattr(Image.Resampling, pre["interpolation"].upper())
+    mean, std = np.array(pre["mean"], np.float32), np.array(pre["std"], np.float32)
+    out = []
+    for path in paths:
+        image = Image.open(path).convert("RGB")
+        if pre["resize"] == "direct":
+            image = image.resize((size, size), resample)
+        else:
+            w, h, short = image.width, image.height, pre["resize_to"]
+            new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+            image = image.resize(new, resample)
+            top, left = round((new[1] - size) / 2.0), round((new[0] - size) / 2.0)
+            image = image.crop((left, top, left + size, top + size))
+        x = np.asarray(image, dtype=np.float32) / np.float32(255)
+        out.append(((x - mean) / std).transpose(2, 0, 1))
+    return np.stack(out)
+
+
+def run_graph(graph: Path, images: np.ndarray, task_id: int | None = None) -> np.ndarray:
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    feeds = {"images": images}
+    if task_id is not None:
+        feeds["task_id"] = np.full(len(images), task_id, dtype=np.int64)
+    return session.run(["logits"], feeds)[0]
+
+
+def predict(bank: Bank, requests: Path, runtime: TorchRuntime | ONNXRuntime) -> dict[str, list]:
+    """What `adapterbank predict REQUESTS --backend torch|onnx` runs, in this process (the CLI around it is
+    tested in test_predict.py): answers grouped by task, in input order."""
+    by_task: dict[str, list] = {}
+    for item in answer(runtime, read_requests(requests), batch_size=64, top_k=1):
+        assert not item.error, item.error
+        by_task.setdefault(item.task, []).append(item)
+    return by_task
+
+
+def agree(a: np.ndarray, b: np.ndarray, truth: np.ndarray, what: str) -> None:
+    assert (a == b).mean() >= 0.99, f"{what}: labels agree on {(a == b).mean():.2%}"
+    assert abs((a == truth).mean() - (b == truth).mean()) <= 0.005, what
+
+
+@pytest.mark.parametrize(("arch", "size"), CASES)
+def test_every_serving_path_answers_as_eval(arch: str, size: int, photos: Path, tmp_path: Path) -> None:
+    names = (photos / "classes.txt").read_text().split()
+    bank, contract = build_bank(tmp_path, arch, size, names, photos)
+    lines = (photos / "test.txt").read_text().splitlines()
+    paths = [photos / line.rsplit(" ", 1)[0] for line in lines]
+    truth = np.array([int(line.rsplit(" ", 1)[1]) for line in lines])
+    tasks = bank.tasks()
+    # paths relative to the request file, as a user writes them; answers must keep them as written
+    written = [str(Path("..") / p.relative_to(photos.parent)) for p in paths]
+    requests = photos.parent / f"requests-{arch}-{size}" / "requests.csv"
+    requests.parent.mkdir()
+    requests.write_text("path,task\n" + "".join(f"{p},{t}\n" for t in tasks for p in written))
+    served = {"torch": predict(bank, requests, TorchRuntime(bank)), "onnx": predict(bank, requests, ONNXRuntime(bank))}
+    multi_task_graphs = {
+        entry["task"]: (path.with_suffix(".onnx"), entry["task_id"], entry["preprocessing"], manifest)
+        for path in (bank.path / ".onnx").glob("*.json")
+        for manifest in [json.loads(path.read_text())]
+        if manifest.get("multi_task")
+        for entry in manifest["tasks"]
+    }
+    assert set(multi_task_graphs) == set(tasks) - {"full", "snell"}  # both serve through per-task merged graphs
+    for task in tasks:
+        accuracy = evaluate_task(bank.path, task, photos, "test", workers=0)["accuracy"]
+        labels = {b: np.array([a.labels[0] for a in served[b][task]]) for b in served}
+        assert [a.path for a in served["onnx"][task]] == written
+        assert (labels["torch"] == truth).mean() == pytest.approx(accuracy, abs=1e-12), task  # predict == eval
+        assert len(set(labels["torch"].tolist())) > 1, f"{task}: a constant model would make this test vacuous"
+        agree(labels["onnx"], labels["torch"], truth, f"{task}: predict onnx")
+
+        result = export_task(bank, task, tmp_path / "exports", verify=VerifyData(photos, "test", workers=0))
+        manifest = json.loads(result.manifest.read_text())
+        assert manifest["preprocessing"] == contract.manifest() and manifest["inputs"]["images"][-1] == size
+        verified = manifest["verified"]
+        assert verified["n"] == IMAGES and verified["eval_accuracy"] == pytest.approx(accuracy, abs=1e-12)
+        assert abs(verified["accuracy"] - accuracy) <= 0.005
+        images = read_images(paths, manifest["preprocessing"])
+        graph_logits = run_graph(result.graph, images)
+        agree(graph_logits.argmax(-1), labels["torch"], truth, f"{task}: exported graph from its manifest")
+        if task in multi_task_graphs:
+            graph, task_id, pre, _ = multi_task_graphs[task]
+            assert pre == contract.manifest()
+            multi_logits = run_graph(graph, read_images(paths, pre), task_id)[:, : len(names)]
+            np.testing.assert_allclose(multi_logits, graph_logits, atol=1e-3, rtol=0)
+            agree(multi_logits.argmax(-1), labels["torch"], truth, f"{task}: multi-task graph from its manifest")
+
+
+def test_verify_data_refuses_a_manifest_that_misdescribes_preprocessing(photos: Path, tmp_path: Path) -> None:
+    """--verify-data preprocesses for the graph from the manifest alone: a wrong mean there is caught."""
+    from adapterbank.bank.models import load_tasks
+    from adapterbank.export import verify_export
+
+    names = (photos / "classes.txt").read_text().split()
+    bank, contract = build_bank(tmp_path, CNN, 112, names, photos)
+    good = export_task(bank, "ssf", tmp_path / "out", verify=VerifyData(photos, workers=0))
+    info = json.loads(good.manifest.read_text())
+    info["preprocessing"] = {**info["preprocessing"], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    model, [record] = load_tasks(bank, ["ssf"])
+    verify = VerifyData(photos, workers=0)
+    with pytest.raises(AdapterBankError, match="nothing written"):
+        verify_export(good.graph, info, model, contract, verify, verify.samples(record))
