@@ -9,6 +9,7 @@ on >= 99% of images and accuracies within 0.5 points; logits of the graphs withi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -99,7 +100,9 @@ def fit_head(model: TunedModel, images: torch.Tensor, labels: torch.Tensor) -> N
         head.bias[0].copy_(bias * scale)
 
 
-def build_bank(folder: Path, arch: str, size: int, class_names: list[str], photos: Path) -> tuple[Bank, Preprocessing]:
+def build_bank(
+    folder: Path, arch: str, size: int, class_names: list[str], photos: Path, methods: tuple[str, ...] = METHODS
+) -> tuple[Bank, Preprocessing]:
     """Tasks of every method that fits the backbone, trained at `size`: task tensors moved off their init, and a
     head fitted on the photographs."""
     torch.manual_seed(0)
@@ -112,7 +115,7 @@ def build_bank(folder: Path, arch: str, size: int, class_names: list[str], photo
     transform = contract.eval_transform()
     images = torch.stack([transform(Image.open(photos / ln.rsplit(" ", 1)[0]).convert("RGB")) for ln in lines])
     labels = torch.tensor([int(ln.rsplit(" ", 1)[1]) for ln in lines])
-    for i, method in enumerate(METHODS):
+    for i, method in enumerate(methods):
         if arch == CNN and method in ATTENTION_ONLY:
             continue
         base, fingerprint = copy.deepcopy(backbone), bank.identity.fingerprint  # of the weights before resampling
@@ -227,3 +230,24 @@ def test_verify_data_refuses_a_manifest_that_misdescribes_preprocessing(photos: 
     verify = VerifyData(photos, workers=0)
     with pytest.raises(AdapterBankError, match="nothing written"):
         verify_export(good.graph, info, model, contract, verify, verify.samples(record))
+
+
+def test_tasks_of_two_sizes_share_a_vit_bank(photos: Path, tmp_path: Path) -> None:
+    """Both runtimes serve tasks trained at different sizes from one bank (grouped by size); a multi-task graph
+    holds one size and refuses a mix in one line."""
+    from adapterbank.export import export_multi_task
+
+    names = (photos / "classes.txt").read_text().split()
+    bank, _ = build_bank(tmp_path / "a", VIT, 96, names, photos, methods=("ssf",))
+    other, _ = build_bank(tmp_path / "b", VIT, 160, names, photos, methods=("ssf",))
+    commit(bank, dataclasses.replace(other.load("ssf"), name="ssf160"))  # same seed, same backbone fingerprint
+    requests = photos.parent / "requests-two-sizes" / "requests.csv"
+    requests.parent.mkdir()
+    written = [str(Path("..") / p.relative_to(photos.parent)) for p in sorted((photos / "images").rglob("*.jpg"))]
+    requests.write_text("path,task\n" + "".join(f"{p},{t}\n" for p in written[:8] for t in ("ssf", "ssf160")))
+    torch_answers = predict(bank, requests, TorchRuntime(bank))
+    onnx_answers = predict(bank, requests, ONNXRuntime(bank))
+    for task in ("ssf", "ssf160"):
+        assert [a.labels for a in torch_answers[task]] == [a.labels for a in onnx_answers[task]]
+    with pytest.raises(AdapterBankError, match=r"one input size; these tasks differ \(ssf: 96 px, ssf160: 160 px\)"):
+        export_multi_task(bank, ["ssf", "ssf160"], "mixed", tmp_path / "out")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from adapterbank.bank.store import Bank
@@ -25,3 +26,18 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
         accuracy = bank.load(task, with_tensors=False).metrics["accuracy"]
         assert accuracy > 0.3, f"{task}: {accuracy} is near chance (0.1): the pipeline is broken"
         assert f"{task}" in result.stdout
+    # the README's export: the graph, run from its manifest on the task's test split, scores what eval scored
+    bank_dir, out = str(tmp_path / "bank"), str(tmp_path / "exports")
+    data = str(tmp_path / "data" / "mnist")
+    export = run_cli("export", "--task", "mnist", "--bank", bank_dir, "--out", out, "--verify-data", data)
+    assert export.returncode == 0, export.stderr[-2000:]
+    verified = json.loads((tmp_path / "exports" / "mnist.json").read_text())["verified"]
+    assert verified["eval_accuracy"] == bank.load("mnist", with_tensors=False).metrics["accuracy"]
+    assert abs(verified["accuracy"] - verified["eval_accuracy"]) <= 0.005 and verified["n"] == 1000
+    requests = tmp_path / "requests.csv"
+    samples = [path for path, _ in mnist.split("test")[:4]]
+    requests.write_text("path,task\n" + "".join(f"{p},mnist\n{p},digits\n" for p in samples))
+    served = [run_cli("predict", str(requests), "--bank", bank_dir, "--backend", b) for b in ("torch", "onnx")]
+    assert all(s.returncode == 0 for s in served), served[1].stderr[-2000:]
+    labels = [[row.split(",")[2] for row in s.stdout.strip().splitlines()[1:]] for s in served]
+    assert labels[0] == labels[1] and len(labels[0]) == 8

@@ -115,7 +115,8 @@ def test_released_regularisers_train_and_the_bank_keeps_the_ema(checkpoint: Path
 
 
 def test_utuning_trains_with_method_options_on_a_vit(tmp_path: Path) -> None:
-    """`--method utuning` with options from -o, on a ViT (the family U-Tuning needs), through DeepSpeed to the bank."""
+    """`--method utuning` with options from -o, on a ViT (the family U-Tuning needs), through DeepSpeed to the bank,
+    at 32 px (position embeddings resampled as timm does); both predict backends then answer at 32 px too."""
     import timm
 
     weights = tmp_path / "vit_tiny.pth"
@@ -126,14 +127,24 @@ def test_utuning_trains_with_method_options_on_a_vit(tmp_path: Path) -> None:
     options = ["-o", "prefix_length=4", "-o", "prompt_length=2", "-o", "adapter_dim=4"]
     result = run_cli(
         "train", *args, "--checkpoint", str(weights), "--bank", str(bank), "--batch-size", "8", "--max-steps", "2",
-        "--workers", "0", *options,
+        "--workers", "0", "--image-size", "32", *options,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     record = Bank(bank).load("ants")
     assert record.method == "utuning" and record.config["prefix_length"] == 4 and record.config["adapter_dim"] == 4
     assert tuple(record.shapes["blocks.0.attn.prompt"]) == (2, 192) and record.training["steps"] == 2
+    assert record.training["preprocessing"]["size"] == 32
     reproduced = evaluate_task(bank, "ants", data, None, workers=0)
     assert reproduced["accuracy"] == record.metrics["accuracy"] and reproduced["n"] == 153
+    requests = tmp_path / "requests.csv"
+    images = sorted((data / "val").rglob("*.jpg"))[:: 153 // 6][:6]
+    requests.write_text("path,task\n" + "".join(f"{p},ants\n" for p in images))
+    answers = {}
+    for backend in ("torch", "onnx"):
+        out = run_cli("predict", str(requests), "--bank", str(bank), "--backend", backend)
+        assert out.returncode == 0, out.stderr[-2000:]
+        answers[backend] = [line.split(",")[2] for line in out.stdout.strip().splitlines()[1:]]
+    assert answers["torch"] == answers["onnx"] and len(answers["onnx"]) == 6
 
 
 def _free_port() -> int:
