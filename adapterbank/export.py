@@ -24,13 +24,13 @@ from torch import nn
 
 from adapterbank.backbones import has_fixed_input_size
 from adapterbank.bank.models import load_tasks
-from adapterbank.bank.store import Bank, TaskRecord
+from adapterbank.bank.store import Bank, TaskRecord, valid_task_name
 from adapterbank.data.preprocessing import Preprocessing, task_preprocessing
 from adapterbank.errors import AdapterBankError
 from adapterbank.ort_sessions import session
 from adapterbank.tuned import TunedModel
 
-MIN_OPSET = 17
+MIN_OPSET = 18  # torch's exporter writes opset 18 at the least: an older request would be mislabelled
 DEFAULT_OPSET = 18
 FP32_TOLERANCE = 1e-4
 # fp16 keeps 11 significant bits (unit roundoff 2^-11 = 4.9e-4). Through a deep network we measured 0.7e-3 (ViT)
@@ -136,6 +136,16 @@ def to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: Sequence
             raise AdapterBankError(f"ONNX export failed: {first}") from exc
 
 
+def check_written_opset(path: Path, opset: int) -> None:
+    """The graph holds the opset the manifest will name, or the export stops."""
+    written = next(
+        (o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")),
+        None,
+    )
+    if written != opset:
+        raise AdapterBankError(f"the exporter wrote opset {written}, not the requested {opset}: pass --opset {written}")
+
+
 def to_fp16(path: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -206,6 +216,7 @@ def export_task(
     graph, manifest = out / f"{task}.onnx", out / f"{task}.json"
     with temporary_paths(out, graph.name, manifest.name) as (graph_tmp, manifest_tmp):
         to_onnx(graph_module, (images,), ["images"], graph_tmp, opset)
+        check_written_opset(graph_tmp, opset)
         if fp16:
             to_fp16(graph_tmp)
         error = check_parity(run_graph(graph_tmp, {"images": images.numpy()}), expected, fp16, f"task '{task}'")
@@ -245,6 +256,8 @@ def export_multi_task(
     """Several tasks of one method in one graph; a per-sample `task_id` input picks each sample's parameters."""
     check_opset(opset)
     out = Path(out)
+    if not valid_task_name(name):
+        raise AdapterBankError(f"graph name '{name}' must be letters, digits, '.', '_' and '-' (no path separators)")
     if not tasks:
         raise AdapterBankError("no tasks to export")
     methods = {t: bank.load(t, with_tensors=False).method for t in tasks}
@@ -276,6 +289,7 @@ def export_multi_task(
     graph, manifest = out / f"{name}.onnx", out / f"{name}.json"
     with temporary_paths(out, graph.name, manifest.name) as (graph_tmp, manifest_tmp):
         to_onnx(graph_module, (images, task_id), ["images", "task_id"], graph_tmp, opset)
+        check_written_opset(graph_tmp, opset)
         if fp16:
             to_fp16(graph_tmp)
         feeds = {"images": images.numpy(), "task_id": task_id.numpy()}

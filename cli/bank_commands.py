@@ -18,7 +18,10 @@ BankOption = typer.Option(Path("bank"), "--bank", help="Bank folder.")
 
 
 def _summary(bank: Bank, name: str) -> dict:
-    record = bank.load(name, with_tensors=False)
+    try:
+        record = bank.load(name, with_tensors=False)
+    except AdapterBankError as exc:
+        return {"task": name, "method": "BAD", "error": str(exc)}
     metric_name, metric = next(iter(record.metrics.items()), ("", None))
     return {
         "task": name,
@@ -37,11 +40,15 @@ def list_tasks(bank: Path = BankOption, as_json: bool = typer.Option(False, "--j
     """List the tasks of a bank."""
     store = Bank(bank)
     rows = [_summary(store, name) for name in store.tasks()]
+    rows += [{"task": f"tasks/{entry}", "method": "BAD", "error": why} for entry, why in store.foreign_entries()]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table("task", "method", "params", "bytes", "metric", "updated")
     for row in rows:
+        if "error" in row:  # listed, not fatal: the healthy tasks are still shown and served
+            table.add_row(row["task"], "[red]BAD[/red]", "", "", row["error"][:80], "")
+            continue
         metric = "" if row["value"] is None else f"{row['metric']} {row['value']:.4g}"
         table.add_row(
             row["task"], row["method"], human_count(row["params"]), human_count(row["bytes"]), metric, row["updated"]
@@ -86,17 +93,27 @@ def remove(task: str, bank: Path = BankOption) -> None:
 
 
 @app.command()
-def verify(bank: Path = BankOption) -> None:
-    """Check every task: file readable, checksums, backbone fingerprint, tensor shapes. Exit 1 if any is bad."""
-    from adapterbank.bank.models import verify as verify_bank
+def verify(
+    bank: Path = BankOption,
+    repair: bool = typer.Option(False, "--repair", help="Rebuild a lost bank.h5 from the backbone file first."),
+    arch: str | None = typer.Option(None, "--arch", help="With --repair: the timm architecture of the backbone."),
+) -> None:
+    """Check every file of a bank: backbone, tasks (checksums, values, shapes), stray entries, cached graphs."""
+    from adapterbank.bank.checkup import repair_identity
+    from adapterbank.bank.checkup import verify as check
+    from adapterbank.bank.store import orphaned
 
+    if repair and not (bank / "bank.h5").exists() and orphaned(bank):
+        found = repair_identity(bank, arch)
+        console.print(f"rebuilt {bank / 'bank.h5'} for {arch} (fingerprint {found[:12]})")
     store = Bank(bank)
-    problems = verify_bank(store)
-    for _, problem in problems:
-        typer.echo(f"bad: {problem}", err=True)
-    ok = len(store.tasks()) - len(problems)
-    console.print(f"{ok} tasks ok, {len(problems)} bad")
-    if problems:
+    result = check(store)
+    for what, why in result.problems:
+        typer.echo(f"bad: {what}: {why}" if not why.startswith(f"task '{what}'") else f"bad: {why}", err=True)
+    for line in result.fixed:
+        console.print(line)
+    console.print(f"{len(result.ok)} tasks ok, {len(result.problems)} bad")
+    if result.problems:
         raise typer.Exit(1)
 
 

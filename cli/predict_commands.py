@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from pathlib import Path
 
@@ -35,10 +36,14 @@ def predict(
 
     if backend not in ("torch", "onnx"):
         raise AdapterBankError(f"unknown backend '{backend}': choose torch or onnx")
+    if out is not None and (out.is_dir() or not out.parent.is_dir()):
+        raise AdapterBankError(f"--out '{out}' must name a file in an existing folder")
     rows = read_requests(requests)
     runtime = TorchRuntime(bank, snell_cache_bytes=snell_cache_mb << 20) if backend == "torch" else ONNXRuntime(bank)
     failed = 0
-    handle = out.open("w", newline="") if out else sys.stdout
+    # written beside the target and renamed when complete: a run that dies leaves no truncated answers file
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}") if out else None
+    handle = partial.open("w", newline="") if partial else sys.stdout
     try:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
@@ -57,9 +62,13 @@ def predict(
                     ]
                 )
                 progress.advance(bar)
-    finally:
-        if out:
+        if partial:
             handle.close()
+            os.replace(partial, out)
+    finally:
+        if partial:
+            handle.close()
+            partial.unlink(missing_ok=True)
     if failed:
         typer.echo(f"error: {failed} of {len(rows)} requests failed (see the 'error' column)", err=True)
         raise typer.Exit(1)

@@ -128,7 +128,8 @@ def train(
         num_workers=workers,
         resume=resume,
     )
-    settings = resolve(flags, {**parse_options(option), "rank": rank, "sparsity": sparsity})
+    flag_options = {k: v for k, v in (("rank", rank), ("sparsity", sparsity)) if v is not None}
+    settings = resolve(flags, {**parse_options(option), **flag_options})  # --rank/--sparsity win over -o
     if settings.checkpoint and settings.checkpoint != "packaged" and not Path(settings.checkpoint).is_file():
         raise AdapterBankError(f"checkpoint '{settings.checkpoint}' does not exist")
     main = os.environ.get("RANK", "0") == "0"

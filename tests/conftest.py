@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+# ONNXRuntime's graph cache (the user's cache by default) goes to a folder of this test session, for the CLI
+# processes the tests start too
+os.environ.setdefault("ADAPTERBANK_CACHE", tempfile.mkdtemp(prefix="adapterbank-cache-"))
 
 FAMILIES = ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "convnext_atto", "tf_efficientnet_lite0"]
 MERGEABLE = ["snell", "ssf", "lora", "bitfit"]

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from adapterbank import AdapterBankError, TunedModel, create_backbone
+from adapterbank.bank.checkup import verify as checkup
 from adapterbank.bank.models import commit, create_bank, load_tasks, task_record
-from adapterbank.bank.models import verify as verify_bank
 from adapterbank.bank.store import FORMAT_VERSION, Bank
 from adapterbank.inspection import perturb_task_parameters
 from adapterbank.method_names import METHOD_NAMES
@@ -156,7 +156,7 @@ def test_corrupted_files_are_named(bank: Bank, backbone) -> None:
     }
     for name, fragment in expected.items():
         _assert_refused_unchanged(bank, lambda n=name: load_tasks(bank, [n]), f"task '{name}'", fragment)
-    problems = dict(verify_bank(bank))
+    problems = dict(checkup(bank).problems)
     assert set(problems) == set(expected)
     assert load_tasks(bank, ["keeper"])[1][0].name == "keeper"
 

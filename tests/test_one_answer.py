@@ -182,10 +182,11 @@ def test_every_serving_path_answers_as_eval(arch: str, size: int, photos: Path, 
     requests = photos.parent / f"requests-{arch}-{size}" / "requests.csv"
     requests.parent.mkdir()
     requests.write_text("path,task\n" + "".join(f"{p},{t}\n" for t in tasks for p in written))
-    served = {"torch": predict(bank, requests, TorchRuntime(bank)), "onnx": predict(bank, requests, ONNXRuntime(bank))}
+    onnx_runtime = ONNXRuntime(bank)
+    served = {"torch": predict(bank, requests, TorchRuntime(bank)), "onnx": predict(bank, requests, onnx_runtime)}
     multi_task_graphs = {
         entry["task"]: (path.with_suffix(".onnx"), entry["task_id"], entry["preprocessing"], manifest)
-        for path in (bank.path / ".onnx").glob("*.json")
+        for path in onnx_runtime.cache_dir.glob("*.json")
         for manifest in [json.loads(path.read_text())]
         if manifest.get("multi_task")
         for entry in manifest["tasks"]

@@ -147,14 +147,3 @@ def commit(bank: Bank, record: TaskRecord) -> TaskRecord:
     """Validate against the bank, then shapes against the method, then commit atomically."""
     check_record_shapes(bank.identity, bank.check(record))
     return bank.commit(record)
-
-
-def verify(bank: Bank) -> list[tuple[str, str]]:
-    """Checksums, fingerprints and shapes of every task: (task, problem) pairs."""
-    problems = []
-    for name in bank.tasks():
-        try:
-            check_record_shapes(bank.identity, bank.load(name))
-        except AdapterBankError as exc:
-            problems.append((name, str(exc)))
-    return problems

@@ -9,14 +9,16 @@ into B, and a fused qkv factor is shared by the q, k and v blocks. The result is
 from __future__ import annotations
 
 import json
+import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import regex
 import timm
 import torch
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from adapterbank.bank.store import Bank, TaskRecord
@@ -108,11 +110,23 @@ def _write_whole(target: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _pattern_value(patterns: dict[str, Any], path: str, default: Any) -> Any:
-    """PEFT's rule: a pattern key matches a module path that ends with it at a dot boundary (regex)."""
+PATTERN_SECONDS = 0.2  # a PEFT pattern is a regex from an untrusted file: one that backtracks for longer is refused
+
+
+def _pattern_value(patterns: Any, path: str, default: Any) -> Any:
+    """PEFT's rule (`get_pattern_key`): a key matches a module path that ends with it at a dot boundary, as a
+    regex. Matched with the `regex` engine under a time limit, so a catastrophically backtracking key fails in
+    one line instead of running for minutes."""
+    if not isinstance(patterns, dict):
+        raise AdapterBankError(f"rank_pattern/alpha_pattern must be a JSON object, got {type(patterns).__name__}")
     for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", path):
-            return value
+        try:
+            if regex.match(rf"(.*\.)?({key})$", path, timeout=PATTERN_SECONDS):
+                return value
+        except regex.error as exc:
+            raise AdapterBankError(f"PEFT pattern '{key[:80]}' is not a valid regular expression ({exc})") from exc
+        except TimeoutError as exc:
+            raise AdapterBankError(f"PEFT pattern '{key[:80]}' takes too long to match (catastrophic regex)") from exc
     return default
 
 
@@ -123,8 +137,10 @@ def read_peft_folder(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray
     try:
         config = json.loads(config_file.read_text())
         weights = load_file(str(weights_file))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, UnicodeDecodeError, SafetensorError) as exc:
         raise AdapterBankError(f"cannot read PEFT folder '{folder}': {exc}") from exc
+    if not isinstance(config, dict):
+        raise AdapterBankError(f"'{config_file}' is not a JSON object")
     if config.get("peft_type") != "LORA":
         raise AdapterBankError(f"'{folder}' holds a {config.get('peft_type')} adapter; only LoRA imports")
     for flag in ("use_dora", "fan_in_fan_out", "lora_bias"):
@@ -144,9 +160,17 @@ def import_peft(bank: Bank, folder: str | Path, task: str, class_names: list[str
     if base and base.split(".")[0] != arch.split(".")[0]:
         raise AdapterBankError(f"'{folder}' was made for '{base}'; this bank holds '{arch}'")
     modules = sorted({k.rsplit(".", 2)[0] for k in weights if k.endswith(".lora_A.weight")})
-    ranks = {p: weights[f"{p}.lora_A.weight"].shape[0] for p in modules}
+    ranks = {p: weights[f"{p}.lora_A.weight"].shape[0] if weights[f"{p}.lora_A.weight"].ndim else 0 for p in modules}
+    rank_one = _meta_lora(arch, 1, 1)  # the layers' sizes bound every rank before anything of that rank is made
+    dims = {k: tuple(v.shape) for k, v in rank_one.state(0).items()}
+    for path, r in ranks.items():
+        if f"{path}.lora_A" not in dims:
+            raise AdapterBankError(f"'{folder}' tunes '{path}', which is not among adapterbank's LoRA placements")
+        limit = min(dims[f"{path}.lora_A"][-1], dims[f"{path}.lora_B"][1])
+        if not 1 <= r <= limit:
+            raise AdapterBankError(f"'{folder}': LoRA rank of '{path}' is {r}, not in 1..{limit} (the layer's size)")
     rank = max(ranks.values(), default=1)
-    meta_head = _meta_lora(arch, rank, 1).head_path
+    meta_head = rank_one.head_path
     head_w, head_b = weights.get(f"{meta_head}.weight"), weights.get(f"{meta_head}.bias")
     if head_w is None or head_b is None:
         raise AdapterBankError(f"'{folder}' has no trained head '{meta_head}' (modules_to_save); a task needs one")
@@ -160,11 +184,19 @@ def import_peft(bank: Bank, folder: str | Path, task: str, class_names: list[str
         if f"{path}.lora_A" not in expected:
             raise AdapterBankError(f"'{folder}' tunes '{path}', which is not among adapterbank's LoRA placements")
         r = ranks[path]
-        alpha = float(_pattern_value(config.get("alpha_pattern") or {}, path, config.get("lora_alpha", r)))
+        alpha = _pattern_value(config.get("alpha_pattern") or {}, path, config.get("lora_alpha", r))
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise AdapterBankError(f"'{folder}': LoRA alpha of '{path}' must be a number, got {json.dumps(alpha)}")
         scale = alpha / (r**0.5 if use_rslora else r)
-        a = weights[f"{path}.lora_A.weight"].reshape(r, -1)
-        b = weights[f"{path}.lora_B.weight"].reshape(-1, r)
         splits, block = expected[f"{path}.lora_A"][0], expected[f"{path}.lora_B"][1]
+        fan_in = expected[f"{path}.lora_A"][-1]
+        a, b = weights[f"{path}.lora_A.weight"], weights.get(f"{path}.lora_B.weight")
+        if b is None or a.size != r * fan_in or b.size != splits * block * r:
+            raise AdapterBankError(
+                f"'{folder}': '{path}' needs lora_A of {r} x {fan_in} and lora_B of {splits * block} x {r}, got "
+                f"{list(a.shape)} and {None if b is None else list(b.shape)}"
+            )
+        a, b = a.reshape(r, fan_in), b.reshape(splits * block, r)
         for s in range(splits):
             tensors[f"{path}.lora_A"][s, :r] = a
             tensors[f"{path}.lora_B"][s, :, :r] = b[s * block : (s + 1) * block] * scale

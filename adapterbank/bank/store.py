@@ -28,9 +28,11 @@ from typing import Any
 
 import h5py
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_numpy_safetensors
 from safetensors.numpy import save_file as save_numpy_safetensors
 
+from adapterbank.bank.paths import inside, open_nofollow, regular_file
 from adapterbank.errors import AdapterBankError
 from adapterbank.method_names import METHOD_NAMES
 
@@ -76,11 +78,18 @@ class TaskRecord:
         return int(sum(np.prod(s, dtype=np.int64) for s in self.shapes.values()))
 
 
+MAX_NAME = 200  # a task's file names (NAME.h5, its temporary, its run lock) stay under the usual 255 bytes
+
+
+def valid_task_name(name: str) -> bool:
+    return bool(_NAME.fullmatch(name)) and not name.startswith(".") and ".." not in name and len(name) <= MAX_NAME
+
+
 def check_task_name(name: str) -> None:
-    if not _NAME.fullmatch(name) or name.startswith(".") or ".." in name:
+    if not valid_task_name(name):
         raise AdapterBankError(
-            f"invalid task name '{name}': use letters, digits, '.', '_' and '-' "
-            f"(no path separators, no '..', not starting with '.')"
+            f"invalid task name '{name[:60]}{'...' if len(name) > 60 else ''}': use at most {MAX_NAME} letters, "
+            f"digits, '.', '_' and '-' (no path separators, no '..', not starting with '.')"
         )
 
 
@@ -108,7 +117,12 @@ class Bank:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not (self.path / "bank.h5").is_file():
+        if not regular_file(self.path / "bank.h5"):
+            if orphaned(self.path):
+                raise AdapterBankError(
+                    f"'{self.path}' holds a backbone or task files but no bank.h5 (its identity is lost): rebuild it "
+                    f"with `adapterbank bank verify --repair --bank {self.path}`"
+                )
             raise AdapterBankError(f"no bank at '{self.path}' (missing bank.h5); train a task into it first")
         self.identity = self._read_identity()
 
@@ -121,8 +135,14 @@ class Bank:
         if not (path / "bank.h5").is_file():
             if path.exists() and not path.is_dir():
                 raise AdapterBankError(f"bank path '{path}' exists and is not a folder")
+            if orphaned(path):  # writing a new identity here would orphan every task in it
+                raise AdapterBankError(
+                    f"'{path}' holds a backbone or task files but no bank.h5: refusing to start a new bank over them; "
+                    f"rebuild it with `adapterbank bank verify --repair --bank {path}` or use another --bank"
+                )
             try:
-                (path / "tasks").mkdir(parents=True, exist_ok=True)
+                path.mkdir(parents=True, exist_ok=True)
+                inside(path, "tasks", create=True)
             except OSError as exc:
                 raise AdapterBankError(f"cannot create bank folder '{path}': {exc.strerror}") from exc
             with _locked(path):
@@ -141,34 +161,60 @@ class Bank:
 
     def _read_identity(self) -> BackboneIdentity:
         file = self.path / "bank.h5"
-        with _open_h5(file, f"bank '{self.path}'") as f:
-            _check_version(f, f"bank '{self.path}'")
+        where = f"bank '{self.path}'"
+        with _open_h5(file, where) as f:
+            _check_version(f, where)
             a = f.attrs
-            return BackboneIdentity(
-                arch=str(a["arch"]),
-                fingerprint=str(a["fingerprint"]),
-                input_size=tuple(int(v) for v in json.loads(a["input_size"])),
-                mean=tuple(float(v) for v in json.loads(a["mean"])),
-                std=tuple(float(v) for v in json.loads(a["std"])),
-                interpolation=str(a["interpolation"]),
-                crop_pct=float(a["crop_pct"]),
-                checkpoint=str(a["checkpoint"]),
-            )
+            try:
+                return BackboneIdentity(
+                    arch=_text(a, "arch"),
+                    fingerprint=_text(a, "fingerprint"),
+                    input_size=tuple(int(v) for v in _json(a, "input_size", list)),
+                    mean=tuple(float(v) for v in _json(a, "mean", list)),
+                    std=tuple(float(v) for v in _json(a, "std", list)),
+                    interpolation=_text(a, "interpolation"),
+                    crop_pct=float(a["crop_pct"]),
+                    checkpoint=_text(a, "checkpoint"),
+                )
+            except _MALFORMED as exc:
+                raise AdapterBankError(f"{where}: bank.h5 is malformed ({exc})") from exc
 
     def backbone_tensors(self) -> dict[str, np.ndarray]:
         file = self.path / "backbone.safetensors"
         try:
             return load_numpy_safetensors(str(file))
-        except (OSError, ValueError, RuntimeError) as exc:
+        except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
             raise AdapterBankError(f"bank '{self.path}': cannot read backbone.safetensors ({exc})") from exc
 
     def task_file(self, name: str) -> Path:
         check_task_name(name)
-        return self.path / "tasks" / f"{name}.h5"
+        return inside(self.path, "tasks") / f"{name}.h5"
 
     def tasks(self) -> list[str]:
-        folder = self.path / "tasks"
-        return sorted(p.stem for p in folder.glob("*.h5") if not p.name.startswith("."))
+        """Names of the task files: regular `NAME.h5` files with a valid name (see `foreign_entries` for the rest)."""
+        folder = inside(self.path, "tasks")
+        return sorted(p.stem for p in folder.glob("*.h5") if regular_file(p) and valid_task_name(p.stem))
+
+    def foreign_entries(self) -> list[tuple[str, str]]:
+        """(entry, why) for what lies under tasks/ but is no task file: links, folders, devices, bad names."""
+        found = []
+        for entry in sorted(inside(self.path, "tasks").iterdir()):
+            if entry.name.startswith(_TEMP_PREFIX):
+                continue  # a writer's temporary file
+            if entry.suffix != ".h5" or not valid_task_name(entry.stem):
+                found.append((entry.name, "not a task file name (NAME.h5, NAME of letters, digits, '.', '_', '-')"))
+            elif not regular_file(entry):
+                found.append((entry.name, "not a regular file (a link, folder or device)"))
+        return found
+
+    def tensor_limit(self) -> int:
+        """Bytes one task tensor may declare: no task holds more than the whole backbone (`full` holds exactly
+        it). Checked before anything is allocated."""
+        try:
+            backbone = os.stat(self.path / "backbone.safetensors").st_size
+        except OSError:
+            backbone = 0
+        return max(backbone, 64 << 20)
 
     def has(self, name: str) -> bool:
         return self.task_file(name).is_file()
@@ -176,16 +222,19 @@ class Bank:
     def load(self, name: str, with_tensors: bool = True) -> TaskRecord:
         """Read and validate a task: format version, method, backbone fingerprint, every tensor's checksum."""
         file = self.task_file(name)
-        if not file.is_file():
+        if not regular_file(file):
+            if file.is_symlink() or file.exists():
+                raise AdapterBankError(f"task '{name}': {file} is not a regular file (a link, folder or device)")
             known = ", ".join(self.tasks()) or "none"
             raise AdapterBankError(f"no task '{name}' in bank '{self.path}' (tasks: {known})")
         where = f"task '{name}'"
         with _open_h5(file, where) as f:
-            _check_version(f, where)
             try:
-                record = _read_record(f, name, with_tensors)
-            except (KeyError, ValueError, TypeError) as exc:
-                raise AdapterBankError(f"{where}: file is incomplete or malformed ({exc})") from exc
+                _check_version(f, where)
+                record = _read_record(f, name, with_tensors, self.tensor_limit())
+            except _MALFORMED as exc:
+                first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                raise AdapterBankError(f"{where}: file is incomplete or malformed ({first})") from exc
         self._check_belongs(record)
         return record
 
@@ -260,21 +309,44 @@ class Bank:
 # ---- file helpers ----------------------------------------------------------------------------------------------
 
 
+def restore_identity(path: Path, identity: BackboneIdentity) -> None:
+    """Write a lost bank.h5 (by `bank verify --repair`, once the backbone file proved to be this identity's)."""
+    with _locked(path):
+        _atomic_write(path, path / "bank.h5", lambda tmp: _write_identity(tmp, identity))
+
+
+def task_fingerprints(path: Path) -> dict[str, str]:
+    """{task: backbone fingerprint} read straight from the task files of a folder (readable ones only)."""
+    found = {}
+    for file in sorted(inside(path, "tasks").glob("*.h5")):
+        if not (regular_file(file) and valid_task_name(file.stem)):
+            continue
+        try:
+            with h5py.File(file, "r") as f:
+                found[file.stem] = _text(f.attrs, "fingerprint")
+        except _MALFORMED:
+            continue
+    return found
+
+
+def orphaned(path: Path) -> bool:
+    """A folder with a backbone file or task files but no bank.h5: a bank whose identity file was lost."""
+    tasks = path / "tasks"
+    return (path / "backbone.safetensors").exists() or (tasks.is_dir() and any(tasks.glob("*.h5")))
+
+
 @contextlib.contextmanager
 def _locked(bank: Path) -> Iterator[None]:
     """Exclusive writer lock; stale temp files of writers that died are removed while it is held."""
+    fd = open_nofollow(inside(bank) / ".lock", os.O_RDWR | os.O_CREAT)
     try:
-        handle = open(bank / ".lock", "a+")  # noqa: SIM115 - the lock lives as long as the with-block
-    except OSError as exc:
-        raise AdapterBankError(f"cannot lock bank '{bank}': {exc.strerror}") from exc
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        for folder in (bank, bank / "tasks"):
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for folder in (bank, inside(bank, "tasks", create=True)):
             for stale in folder.glob(_TEMP_PREFIX + "*"):
                 stale.unlink(missing_ok=True)
         yield
     finally:
-        handle.close()
+        os.close(fd)
 
 
 def _atomic_write(bank: Path, target: Path, write) -> None:
@@ -304,7 +376,12 @@ def _open_h5(file: Path, where: str) -> Iterator[h5py.File]:
 
 
 def _check_version(f: h5py.File, where: str) -> None:
-    version = int(f.attrs.get("format_version", -1))
+    version = f.attrs.get("format_version", -1)
+    if not isinstance(version, (int, np.integer)):
+        raise AdapterBankError(
+            f"{where}: format_version is a {type(version).__name__}, not an integer: not a bank file"
+        )
+    version = int(version)
     if version > FORMAT_VERSION:
         raise AdapterBankError(
             f"{where} was written by a newer adapterbank (format {version}; this version reads up to "
@@ -343,31 +420,65 @@ def _write_record(tmp: Path, record: TaskRecord) -> None:
         f.attrs["num_tensors"] = len(record.tensors)
 
 
-def _read_record(f: h5py.File, name: str, with_tensors: bool) -> TaskRecord:
+# What reading a crafted or damaged HDF5 file can raise (h5py maps HDF5 errors onto these): all mean "malformed".
+_MALFORMED = (KeyError, ValueError, TypeError, AttributeError, OSError, RuntimeError, json.JSONDecodeError)
+
+
+def _text(attrs: h5py.AttributeManager, key: str) -> str:
+    value = attrs[key]
+    if isinstance(value, bytes):
+        value = value.decode()
+    if not isinstance(value, str):
+        raise TypeError(f"attribute '{key}' is a {type(value).__name__}, not text")
+    return value
+
+
+def _json(attrs: h5py.AttributeManager, key: str, kind: type) -> Any:
+    value = json.loads(_text(attrs, key))
+    if not isinstance(value, kind):
+        raise TypeError(f"attribute '{key}' holds a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+def _read_record(f: h5py.File, name: str, with_tensors: bool, limit: int) -> TaskRecord:
+    """Every attribute type-checked and every tensor's declared size bounded by `limit` bytes before it is read."""
     a = f.attrs
     group = f["tensors"]
-    if len(group) != int(a["num_tensors"]):
-        raise AdapterBankError(f"task '{name}': {len(group)} tensors stored, {int(a['num_tensors'])} expected")
+    if not isinstance(group, h5py.Group):
+        raise TypeError("'tensors' is not a group")
+    count = a["num_tensors"]
+    if not isinstance(count, (int, np.integer)) or len(group) != int(count):
+        raise ValueError(f"{len(group)} tensors stored, {count!r} expected")
     tensors: dict[str, np.ndarray] = {}
     shapes = {}
-    for key, dataset in group.items():
+    for key in group:
+        dataset = group.get(key, getlink=False)
+        if not isinstance(dataset, h5py.Dataset) or dataset.dtype != np.float32:
+            raise TypeError(f"tensor '{key}' is not a float32 dataset")
+        if int(np.prod(dataset.shape, dtype=np.int64)) * 4 > limit:
+            raise ValueError(f"tensor '{key}' declares shape {dataset.shape}, more than any task holds")
         shapes[key] = dataset.shape
         if with_tensors:
             array = dataset[()]
-            if tensor_checksum(array) != dataset.attrs["sha256"]:
+            if tensor_checksum(array) != _text(dataset.attrs, "sha256"):
                 raise AdapterBankError(f"task '{name}': tensor '{key}' fails its checksum (file corrupted)")
+            if not np.isfinite(array).all():
+                raise AdapterBankError(f"task '{name}': tensor '{key}' has NaN or infinite values")
             tensors[key] = array
+    class_names = _json(a, "class_names", list)
+    if not all(isinstance(c, str) for c in class_names):
+        raise TypeError("class names are not all text")
     record = TaskRecord(
-        name=str(a["task"]),
-        method=str(a["method"]),
-        config=json.loads(a["config"]),
+        name=_text(a, "task"),
+        method=_text(a, "method"),
+        config=_json(a, "config", dict),
         tensors=tensors,
-        class_names=json.loads(a["class_names"]),
-        fingerprint=str(a["fingerprint"]),
-        metrics=json.loads(a["metrics"]),
-        training=json.loads(a["training"]),
-        created=str(a["created"]),
-        updated=str(a["updated"]),
+        class_names=class_names,
+        fingerprint=_text(a, "fingerprint"),
+        metrics=_json(a, "metrics", dict),
+        training=_json(a, "training", dict),
+        created=_text(a, "created"),
+        updated=_text(a, "updated"),
         shapes=shapes,
     )
     if record.name != name:

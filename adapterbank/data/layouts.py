@@ -92,7 +92,8 @@ def _read_vtab(root: Path) -> Dataset:
                 raise AdapterBankError(f"{file}:{number}: expected '<path> <integer label>', got '{line.strip()}'")
             samples.append((root / path, int(label)))
         splits[name] = samples
-    labels = [label for samples in splits.values() for _, label in samples]
+    # without classes.txt the classes are those the training lists know: a label only in val/test is refused below
+    labels = [label for name in ("train800", "train800val200") for _, label in splits.get(name, [])]
     classes_file = root / "classes.txt"
     names = (
         [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
@@ -114,9 +115,15 @@ def _read_fgvc(root: Path) -> Dataset:
         file = root / f"{name}.json"
         if file.is_file():
             try:
-                raw[name] = {str(k): int(v) for k, v in json.loads(file.read_text()).items()}
-            except (ValueError, AttributeError) as exc:
+                entries = json.loads(file.read_text())
+            except (ValueError, UnicodeDecodeError) as exc:
                 raise AdapterBankError(f"{file}: expected a JSON object {{relative path: class id}} ({exc})") from exc
+            if not isinstance(entries, dict):
+                raise AdapterBankError(f"{file}: expected a JSON object {{relative path: class id}}")
+            bad = next(((k, v) for k, v in entries.items() if type(v) is not int), None)  # not 1.7, "3", null, true
+            if bad is not None:
+                raise AdapterBankError(f"{file}: class id of '{bad[0]}' must be an integer, got {json.dumps(bad[1])}")
+            raw[name] = entries
     ids = sorted(set(raw["train"].values()))
     index = {class_id: i for i, class_id in enumerate(ids)}
     base = _image_base(root, next(iter(raw["train"]), ""))
@@ -160,8 +167,11 @@ def _read_csv(root: Path) -> Dataset:
         file = root / f"{name}.csv"
         if not file.is_file():
             continue
-        with file.open(newline="") as f:
-            table = [row for row in csv.reader(f) if row]
+        try:
+            with file.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel writes a BOM
+                table = [row for row in csv.reader(f) if row]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise AdapterBankError(f"{file}: not a UTF-8 CSV of 'path,label' rows ({exc})") from exc
         if table and [c.strip().lower() for c in table[0][:2]] == ["path", "label"]:
             table = table[1:]
         bad = next((i for i, row in enumerate(table) if len(row) < 2), None)
@@ -170,14 +180,17 @@ def _read_csv(root: Path) -> Dataset:
         rows[name] = [(row[0].strip(), row[1].strip()) for row in table]
     labels = {label for entries in rows.values() for _, label in entries}
     numeric = all(label.lstrip("-").isdigit() for label in labels)
-    if numeric:
+    if numeric:  # class ids: as many classes as the training split knows; other splits may not add any
         values = sorted(int(label) for label in labels)
         if values and values[0] < 0:
             raise AdapterBankError(f"'{root}': negative label {values[0]} in a CSV split")
-        names = [str(i) for i in range(values[-1] + 1)] if values else []
+        known = [int(label) for _, label in rows.get("train", [])]
+        names = [str(i) for i in range(max(known, default=-1) + 1)]
     else:
         names = sorted({label for _, label in rows.get("train", [])})
     index = {name: i for i, name in enumerate(names)}
+    if numeric:
+        index.update({label: int(label) for label in labels if label.isdigit() and int(label) < len(names)})
     splits = {}
     for name, entries in rows.items():
         unknown = next((label for _, label in entries if label not in index), None)

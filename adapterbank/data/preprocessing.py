@@ -25,6 +25,7 @@ from adapterbank.errors import AdapterBankError
 AUGMENTATIONS = ("none", "fgvc", "simple")  # none: VTAB-1k; fgvc: SNELL/VPT FGVC; simple: SSF --simple-aug
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 TRAIN_INTERPOLATIONS = (*INTERPOLATIONS, "random")  # random: bilinear or bicubic per image (timm, SSF FGVC)
+MAX_SIZE = 4096  # px per side: far beyond any backbone's training size; bounds what a stored record can ask for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Preprocessing:
     std: tuple[float, ...]
 
     def __post_init__(self) -> None:
+        if not 1 <= self.size <= MAX_SIZE:
+            raise AdapterBankError(f"image size must be in [1, {MAX_SIZE}] px, got {self.size}")
         if self.resize not in ("direct", "crop"):
             raise AdapterBankError(f"resize must be 'direct' or 'crop', got '{self.resize}'")
         if self.interpolation not in INTERPOLATIONS:

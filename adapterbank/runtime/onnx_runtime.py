@@ -4,8 +4,8 @@ Tasks of SSF, BitFit, LoRA, linear probes and the U-Tuning family (adapter, pref
 by one multi-task graph per (method, config) group: one session, per-sample `task_id`. SNELL and full tasks get
 their merged per-task graphs. Optionally, initializers found in several graphs (a SNELL task leaves norms,
 embeddings and depthwise convs untouched; every multi-task graph holds the frozen backbone) are loaded once and
-shared between sessions with `SessionOptions.add_initializer`. Graphs are cached under BANK/.onnx and rebuilt
-only when a task's `updated` time changes.
+shared between sessions with `SessionOptions.add_initializer`. Graphs are cached outside the bank (see
+`graph_cache`) and rebuilt when a task's `updated` time changes or a graph's bytes do not match its manifest.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from onnx import numpy_helper
 from adapterbank.bank.store import Bank, TaskRecord
 from adapterbank.data.preprocessing import task_preprocessing
 from adapterbank.export import MULTI_TASK_METHODS, export_multi_task, export_task
+from adapterbank.graph_cache import bank_graph_folder, graph_problem
 from adapterbank.ort_sessions import session
-from adapterbank.runtime.slots import TaskSlot, rows_per_group
+from adapterbank.runtime.slots import TaskSlot, load_healthy, rows_per_group
 
 
 class _Group:
@@ -43,16 +44,22 @@ class ONNXRuntime:
         self.bank = bank if isinstance(bank, Bank) else Bank(bank)
         self.only = list(tasks) if tasks is not None else None
         self.share = share_initializers
-        self.cache_dir = self.bank.path / ".onnx"
+        self.cache_dir = bank_graph_folder(self.bank)
         self._shared: dict[tuple[str, str], ort.OrtValue] = {}  # (name, sha256) -> one copy for all sessions
         self.groups: list[_Group] = []
         self.tasks: dict[str, TaskSlot] = {}
+        self.broken: dict[str, str] = {}  # tasks of the bank that fail to load, with the reason: never served
         self.reload()
 
-    def _graph(self, key: str, build) -> Path:
+    def _graph(self, key: str, members: list[TaskRecord], build) -> Path:
+        """The cached graph of `key`, (re)built when missing, damaged or stale; its manifest records what it was
+        built from."""
         path = self.cache_dir / f"{key}.onnx"
-        if not path.is_file():
+        built_from = {r.name: r.updated for r in members}
+        if not path.is_file() or graph_problem(path, built_from) is not None:
             build(path.stem)
+            manifest = path.with_suffix(".json")
+            manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "built_from": built_from}, indent=2))
         return path
 
     def _sessions(self, paths: list[Path]) -> list[ort.InferenceSession]:
@@ -88,7 +95,7 @@ class ONNXRuntime:
 
     def reload(self) -> None:
         names = self.only if self.only is not None else self.bank.tasks()
-        records = [self.bank.load(n, with_tensors=False) for n in names]
+        records, self.broken = load_healthy(self.bank, names)  # checksums too: graphs are built from them
         grouped: dict[str, list[TaskRecord]] = {}
         for record in records:
             if record.method in MULTI_TASK_METHODS:  # a graph has one input size: sizes group apart
@@ -97,7 +104,7 @@ class ONNXRuntime:
             else:
                 key = "task:" + record.name
             grouped.setdefault(key, []).append(record)
-        self.cache_dir.mkdir(exist_ok=True)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
         groups, tasks = [], {}
         for key, members in grouped.items():
             stamp = hashlib.sha256(json.dumps([key, [(r.name, r.updated) for r in members]]).encode()).hexdigest()[:16]
@@ -105,12 +112,13 @@ class ONNXRuntime:
             if multi:
                 path = self._graph(
                     stamp,
+                    members,
                     lambda stem, m=members: export_multi_task(
                         self.bank, [r.name for r in m], stem, self.cache_dir, batch=max(2, len(m))
                     ),
                 )
             else:
-                path = self._graph(stamp, lambda stem, r=members[0]: self._export_single(r.name, stem))
+                path = self._graph(stamp, members, lambda stem, r=members[0]: self._export_single(r.name, stem))
             for slot, record in enumerate(members):
                 tasks[record.name] = TaskSlot(len(groups), slot, record.class_names, record)
             groups.append((path, [r.name for r in members], multi))

@@ -39,8 +39,11 @@ class Request:
 def read_requests(csv_path: Path) -> list[Request]:
     if not csv_path.is_file():
         raise AdapterBankError(f"request file '{csv_path}' does not exist")
-    with csv_path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a CSV saved by Excel starts with a BOM
-        rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel starts its CSVs with a BOM
+            rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise AdapterBankError(f"request file '{csv_path}' is not a UTF-8 CSV of 'path,task' rows ({exc})") from exc
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "task"]:
         rows = rows[1:]
     bad = next((i for i, row in enumerate(rows) if len(row) < 2), None)
@@ -81,7 +84,8 @@ def answer(runtime: Runtime, requests: list[Request], batch_size: int, top_k: in
         by_size: dict[int, list[tuple[int, torch.Tensor]]] = {}
         for i, request in enumerate(chunk):
             if request.task not in runtime.tasks:
-                answers[i] = Answer(request.path, request.task, [], [], [], f"unknown task '{request.task}'")
+                problem = runtime.broken.get(request.task, f"unknown task '{request.task}'")
+                answers[i] = Answer(request.path, request.task, [], [], [], problem)
                 continue
             try:
                 tensor = preprocess(request.file, request.task)

@@ -25,7 +25,7 @@ from adapterbank.bank.store import Bank, TaskRecord
 from adapterbank.data.preprocessing import task_preprocessing
 from adapterbank.methods.snell import KernelSparseDelta
 from adapterbank.methods.weight_cache import WeightCache
-from adapterbank.runtime.slots import TaskSlot, rows_per_group
+from adapterbank.runtime.slots import TaskSlot, load_healthy, rows_per_group
 from adapterbank.tuned import TunedModel
 
 
@@ -51,12 +51,13 @@ class TorchRuntime:
         self.cache: WeightCache  # made by reload(): entries of replaced models are stale
         self.groups: list[TunedModel] = []
         self.tasks: dict[str, TaskSlot] = {}
+        self.broken: dict[str, str] = {}  # tasks of the bank that fail to load, with the reason: never served
         self.reload()
 
     def reload(self) -> None:
         """Serve the bank as it is now: tasks committed, replaced or removed since the last load."""
         names = self.only if self.only is not None else self.bank.tasks()
-        records = [self.bank.load(name) for name in names]
+        records, self.broken = load_healthy(self.bank, names)
         by_group: dict[str, list[TaskRecord]] = {}
         fixed_size = has_fixed_input_size(self.backbone)
         for record in records:

@@ -62,8 +62,14 @@ class TrainSettings:
         for name in ("epochs", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise AdapterBankError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise AdapterBankError(f"need lr > 0 and weight decay >= 0, got lr={self.lr}, wd={self.weight_decay}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise AdapterBankError(f"--lr must be a positive number, got {self.lr!r}")
+        for name in ("weight_decay", "min_lr", "warmup_lr"):
+            _check_range(name, getattr(self, name), 0.0, math.inf)
+        for name in ("checkpoint_every", "num_workers", "seed"):
+            if getattr(self, name) < 0:
+                flag = {"num_workers": "workers"}.get(name, name).replace("_", "-")
+                raise AdapterBankError(f"--{flag} must be 0 or more, got {getattr(self, name)}")
         if self.image_size is not None and self.image_size < 1:
             raise AdapterBankError(f"--image-size must be a positive number of pixels, got {self.image_size}")
         if self.max_steps is not None and self.max_steps < 1:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
+import json
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,6 +27,7 @@ from adapterbank.training.batches import epoch_batches, steps_per_epoch
 from adapterbank.training.distributed import ProcessInfo, barrier, setup_process
 from adapterbank.training.ema import TaskEma
 from adapterbank.training.objective import Objective
+from adapterbank.training.resume import RunFolder, load_optimizer_state, optimizer_state, rng_state, set_rng_state
 from adapterbank.training.schedule import epoch_cosine, warmup_cosine
 from adapterbank.training.settings import DEFAULT_BACKBONE, TrainSettings
 from adapterbank.tuned import TunedModel
@@ -133,7 +136,8 @@ def _loaders(
         crop_pct=settings.crop_pct,
     )
     crop_interpolation = settings.train_interpolation or contract.interpolation
-    train = ImageDataset(train_samples, contract.train_transform(augment, crop_interpolation, settings.random_erase))
+    train_transform = contract.train_transform(augment, crop_interpolation, settings.random_erase)
+    train = ImageDataset(train_samples, train_transform, seed=settings.seed)
     evaluation = ImageDataset(eval_samples, contract.eval_transform())
     resolved = {
         "train_split": train_split,
@@ -175,39 +179,79 @@ def _batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor
         raise unwrap_worker_error(exc) from exc
 
 
+@dataclass
+class Run:
+    """The parts of one training run that its steps share."""
+
+    settings: TrainSettings
+    info: ProcessInfo
+    reporter: Reporter
+    bank: Bank
+    dataset: Dataset
+    train_set: ImageDataset
+    eval_loader: torch.utils.data.DataLoader
+    resolved: dict[str, Any]
+    model: TunedModel
+    engine: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    objective: Objective
+    ema: TaskEma | None
+    device: torch.device
+    per_epoch: int
+    total: int
+    runs: RunFolder
+
+
 def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainResult:
     """Train one task and commit it to the bank (rank 0). Resumable after a kill with settings.resume."""
-    reporter = reporter or SilentReporter()
+    run = _set_up(settings, reporter or SilentReporter())
+    with run.runs.locked() if run.info.is_main else contextlib.nullcontext():  # one training per task at a time
+        state = {"step": 0, "epoch": 0, "batch": 0, "evaluations": []}
+        if settings.resume:
+            state = _resume(run) or state
+        resumed_from = state["step"]
+        run.reporter.start(run.total, state["step"])
+        started = time.perf_counter()
+        run.engine.train()
+        while state["step"] < run.total:
+            _epoch(run, state)
+        seconds = time.perf_counter() - started
+        split = run.resolved["eval_split"]
+        result = TrainResult(settings.task, 0.0, 0, split, state["step"], seconds, resumed_from, state["evaluations"])
+        if run.info.is_main:
+            _commit(run, state, result)
+            run.runs.clear()
+    barrier()
+    return result
+
+
+def _set_up(settings: TrainSettings, reporter: Reporter) -> Run:
+    """Data, backbone (from or into the bank), the task's model, optimizer, schedule and DeepSpeed engine."""
     info = setup_process()  # before deepspeed is imported: it picks its accelerator at import time
     import deepspeed
 
+    random.seed(settings.seed)  # Python's and NumPy's generators (timm Mixup draws from NumPy) start from --seed
+    np.random.seed(settings.seed % 2**32)
     dataset = open_dataset(settings.data)
     bank, backbone = open_or_create_bank(settings, info)
     train_set, eval_set, resolved = _loaders(dataset, settings, bank)
     adapt_input_size(backbone, resolved["image_size"])
     torch.manual_seed(settings.seed)
+    classes = [len(dataset.class_names)]
     model = TunedModel(
-        backbone,
-        bank.identity.arch,
-        settings.method,
-        [len(dataset.class_names)],
-        settings.options,
-        bank.identity.fingerprint,
+        backbone, bank.identity.arch, settings.method, classes, settings.options, bank.identity.fingerprint
     )
-    device = device_for(info)
     per_epoch = steps_per_epoch(len(train_set), settings.batch_size, info.world_size)
     cosine_end = per_epoch * settings.epochs
     planned = cosine_end + int(settings.cooldown_epochs * per_epoch)
-    total = min(settings.max_steps or planned, planned)
     optimizer = torch.optim.AdamW(model.param_groups(settings.weight_decay), lr=settings.lr, eps=1e-8)
     lrs = (settings.lr, settings.min_lr, settings.warmup_lr)
     if settings.schedule == "epoch":
         scheduler = epoch_cosine(optimizer, per_epoch, settings.epochs, settings.warmup_epochs, *lrs)
     else:
-        scheduler = warmup_cosine(
-            optimizer, cosine_end, min(int(settings.warmup_epochs * per_epoch), cosine_end // 2), *lrs
-        )
-    objective = Objective(len(dataset.class_names), settings.label_smoothing, settings.mixup, settings.cutmix)
+        warmup = min(int(settings.warmup_epochs * per_epoch), cosine_end // 2)
+        scheduler = warmup_cosine(optimizer, cosine_end, warmup, *lrs)
     ema = TaskEma([p for _, p in model.trainable_parameters()], settings.ema_decay) if settings.ema_decay else None
     config = {
         "train_micro_batch_size_per_gpu": settings.batch_size,
@@ -216,90 +260,95 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
         "zero_optimization": {"stage": 0},
         "wall_clock_breakdown": False,
     }
+    device = device_for(info)
     engine, _, _, _ = deepspeed.initialize(
         model=model.to(device), optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False
     )
-    run_dir = Path(settings.bank) / ".runs" / settings.task
-    state = {"step": 0, "epoch": 0, "batch": 0, "evaluations": []}
-    if settings.resume and (run_dir / "latest").is_file():
-        _, client = engine.load_checkpoint(str(run_dir), load_module_strict=False)
-        if client.get("settings") != settings.resume_key():
-            raise AdapterBankError(
-                f"the checkpoint in '{run_dir}' was made with other settings; rerun without --resume"
-            )
-        state = {k: client[k] for k in state}
-        torch.set_rng_state(client["rng"])
-        if ema is not None:
-            ema.load(client["ema"])
-    resumed_from = state["step"]
-    evaluation_loader = eval_loader(eval_set, settings.batch_size, settings.num_workers)
-    reporter.start(total, state["step"])
-    started = time.perf_counter()
-    engine.train()
-    while state["step"] < total:
-        batches = epoch_batches(
-            len(train_set), settings.batch_size, state["epoch"], settings.seed, info.rank, info.world_size
-        )[state["batch"] :]
-        loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, num_workers=settings.num_workers)
-        tick = time.perf_counter()
-        for images, labels in _batches(loader):
-            images, labels = images.to(device), labels.to(device)
-            inputs, targets = objective.prepare(images, labels)
-            with autocast(device):
-                logits = engine(inputs)
-            loss = objective.loss(logits, targets)
-            engine.backward(loss)
-            engine.step()
-            state["step"] += 1
-            if ema is not None:
-                ema.update(state["step"])
-            state["batch"] += 1
-            now = time.perf_counter()
-            accuracy = float((logits.argmax(-1) == labels).float().mean())
-            reporter.step(state["step"], loss.item(), accuracy, len(labels) * info.world_size / max(now - tick, 1e-9))
-            tick = now
-            if settings.checkpoint_every and state["step"] % settings.checkpoint_every == 0:
-                _save(engine, run_dir, state, settings, info, ema)
-            if state["step"] >= total:
-                break
-        epoch_done = state["step"] >= total or state["batch"] >= per_epoch
-        if epoch_done:
-            state["epoch"] += 1
-            state["batch"] = 0
-            last = state["step"] >= total
-            if info.is_main and (last or state["epoch"] % settings.eval_every == 0):
-                with averaged(ema):
-                    accuracy, _ = evaluate(model, evaluation_loader, device)
-                state["evaluations"].append({"epoch": state["epoch"], "step": state["step"], "accuracy": accuracy})
-                reporter.evaluated(state["epoch"], accuracy)
-            if not last:
-                _save(engine, run_dir, state, settings, info, ema)
-    seconds = time.perf_counter() - started
-    result = TrainResult(
-        settings.task, 0.0, 0, resolved["eval_split"], state["step"], seconds, resumed_from, state["evaluations"]
+    return Run(
+        settings=settings,
+        info=info,
+        reporter=reporter,
+        bank=bank,
+        dataset=dataset,
+        train_set=train_set,
+        eval_loader=eval_loader(eval_set, settings.batch_size, settings.num_workers),
+        resolved=resolved,
+        model=model,
+        engine=engine,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        objective=Objective(classes[0], settings.label_smoothing, settings.mixup, settings.cutmix),
+        ema=ema,
+        device=device,
+        per_epoch=per_epoch,
+        total=min(settings.max_steps or planned, planned),
+        runs=RunFolder(bank.path, settings.task),
     )
-    if info.is_main:
-        with averaged(ema):  # the EMA weights are what is evaluated and banked, when training keeps one
-            final = state["evaluations"][-1] if state["evaluations"] else None
-            if final is not None and final["step"] == state["step"]:
-                result.accuracy, result.n = final["accuracy"], len(eval_set)
-            else:
-                result.accuracy, result.n = evaluate(model, evaluation_loader, device)
-            best = max((e["accuracy"] for e in state["evaluations"]), default=result.accuracy)
-            metrics = {"accuracy": result.accuracy, "split": result.split, "n": result.n, "best_accuracy": best}
-            training = {
-                **asdict(settings),
-                **resolved,
-                "steps": state["step"],
-                "seconds": round(seconds, 2),
-                "world_size": info.world_size,
-                "layout": dataset.layout,
-                "evaluations": state["evaluations"],
-            }
-            commit(bank, task_record(model, settings.task, dataset.class_names, metrics=metrics, training=training))
-        shutil.rmtree(run_dir, ignore_errors=True)
-    barrier()
-    return result
+
+
+def _epoch(run: Run, state: dict[str, Any]) -> None:
+    """The rest of the current epoch (all of it unless resumed mid-way), its evaluation and resume point."""
+    settings, info = run.settings, run.info
+    batches = epoch_batches(len(run.train_set), settings.batch_size, state["epoch"], settings.seed, info.rank,
+                            info.world_size)[state["batch"] :]  # fmt: skip
+    run.train_set.epoch = state["epoch"]  # augmentation draws per (seed, epoch, image): resumable, worker-proof
+    loader = torch.utils.data.DataLoader(run.train_set, batch_sampler=batches, num_workers=settings.num_workers)
+    tick = time.perf_counter()
+    for images, labels in _batches(loader):
+        images, labels = images.to(run.device), labels.to(run.device)
+        inputs, targets = run.objective.prepare(images, labels)
+        with autocast(run.device):
+            logits = run.engine(inputs)
+        loss = run.objective.loss(logits, targets)
+        run.engine.backward(loss)
+        run.engine.step()
+        state["step"] += 1
+        state["batch"] += 1
+        if run.ema is not None:
+            run.ema.update(state["step"])
+        now = time.perf_counter()
+        accuracy = float((logits.argmax(-1) == labels).float().mean())
+        run.reporter.step(state["step"], loss.item(), accuracy, len(labels) * info.world_size / max(now - tick, 1e-9))
+        tick = now
+        if settings.checkpoint_every and state["step"] % settings.checkpoint_every == 0:
+            _save(run, state)
+        if state["step"] >= run.total:
+            break
+    if state["step"] >= run.total or state["batch"] >= run.per_epoch:
+        state["epoch"] += 1
+        state["batch"] = 0
+        last = state["step"] >= run.total
+        if info.is_main and (last or state["epoch"] % settings.eval_every == 0):
+            with averaged(run.ema):
+                accuracy, _ = evaluate(run.model, run.eval_loader, run.device)
+            state["evaluations"].append({"epoch": state["epoch"], "step": state["step"], "accuracy": accuracy})
+            run.reporter.evaluated(state["epoch"], accuracy)
+        if not last:
+            _save(run, state)
+
+
+def _commit(run: Run, state: dict[str, Any], result: TrainResult) -> None:
+    """Final accuracy (the last evaluation when it was at the last step), then the task into the bank; with an
+    EMA, its weights are what is evaluated and banked."""
+    with averaged(run.ema):
+        final = state["evaluations"][-1] if state["evaluations"] else None
+        if final is not None and final["step"] == state["step"]:
+            result.accuracy, result.n = final["accuracy"], len(run.eval_loader.dataset)
+        else:
+            result.accuracy, result.n = evaluate(run.model, run.eval_loader, run.device)
+        best = max((e["accuracy"] for e in state["evaluations"]), default=result.accuracy)
+        metrics = {"accuracy": result.accuracy, "split": result.split, "n": result.n, "best_accuracy": best}
+        training = {
+            **asdict(run.settings),
+            **run.resolved,
+            "steps": state["step"],
+            "seconds": round(result.seconds, 2),
+            "world_size": run.info.world_size,
+            "layout": run.dataset.layout,
+            "evaluations": state["evaluations"],
+        }
+        record = task_record(run.model, run.settings.task, run.dataset.class_names, metrics=metrics, training=training)
+        commit(run.bank, record)
 
 
 def averaged(ema: TaskEma | None) -> contextlib.AbstractContextManager:
@@ -307,23 +356,49 @@ def averaged(ema: TaskEma | None) -> contextlib.AbstractContextManager:
     return ema.swapped_in() if ema is not None else contextlib.nullcontext()
 
 
-def _save(
-    engine: Any,
-    run_dir: Path,
-    state: dict[str, Any],
-    settings: TrainSettings,
-    info: ProcessInfo,
-    ema: TaskEma | None,
-) -> None:
-    """A resume point: trainable tensors, optimizer, scheduler, EMA, position in the data and the RNG state."""
-    client = {**state, "settings": settings.resume_key(), "rng": torch.get_rng_state()}
-    if ema is not None:
-        client["ema"] = ema.state()
-    engine.save_checkpoint(
-        str(run_dir), tag=f"step{state['step']}", client_state=client, exclude_frozen_parameters=True
-    )
-    if info.is_main:
-        keep = {f"step{state['step']}"}
-        for old in run_dir.glob("step*"):
-            if old.name not in keep:
-                shutil.rmtree(old, ignore_errors=True)
+def _save(run: Run, state: dict[str, Any]) -> None:
+    """A resume point (rank 0; the other ranks hold the same tensors): trainable tensors, optimizer, scheduler,
+    EMA, position in the data and every RNG state, written without pickle."""
+    if not run.info.is_main:
+        return
+    tensors = {f"model/{name}": p for name, p in run.model.trainable_parameters()}
+    optimizer_tensors, optimizer_json = optimizer_state(run.optimizer)
+    rng_tensors, rng_json = rng_state()
+    tensors.update({**optimizer_tensors, **rng_tensors})
+    if run.ema is not None:
+        tensors.update({f"ema/{i}": t for i, t in enumerate(run.ema.state())})
+    payload = {
+        **state,
+        "settings": run.settings.resume_key(),
+        "optimizer": optimizer_json,
+        "scheduler": run.scheduler.state_dict(),
+        "rng": rng_json,
+    }
+    run.runs.save(state["step"], tensors, payload)
+
+
+def _resume(run: Run) -> dict[str, Any] | None:
+    """Load the newest resume point into the model, optimizer, scheduler, EMA and RNGs; its position, or None."""
+    point = run.runs.load()
+    if point is None:
+        return None
+    tensors, payload = point
+    where = run.runs.folder
+    if payload.get("settings") != json.loads(json.dumps(run.settings.resume_key())):
+        raise AdapterBankError(f"the resume point in '{where}' was made with other settings; rerun without --resume")
+    trainable = dict(run.model.trainable_parameters())
+    for name, p in trainable.items():
+        value = tensors.get(f"model/{name}")
+        if value is None or value.shape != p.shape:
+            raise AdapterBankError(f"the resume point in '{where}' does not fit this model ('{name}')")
+        with torch.no_grad():
+            p.copy_(value)
+    try:
+        load_optimizer_state(run.optimizer, tensors, payload["optimizer"])
+        run.scheduler.load_state_dict(payload["scheduler"])
+        if run.ema is not None:
+            run.ema.load([tensors[f"ema/{i}"] for i in range(len(trainable))])
+        set_rng_state(tensors, payload["rng"])
+        return {k: payload[k] for k in ("step", "epoch", "batch", "evaluations")}
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise AdapterBankError(f"the resume point in '{where}' is malformed ({exc}); rerun without --resume") from exc

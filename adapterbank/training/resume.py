@@ -1,0 +1,178 @@
+"""Resume points without pickle: tensors in safetensors, everything else in JSON, under BANK/.runs/TASK.
+
+DeepSpeed's own checkpoints are read with `torch.load(weights_only=False)`, so a crafted file under a bank folder
+would run code on `train --resume`. A resume point here is two files adapterbank reads without executing anything:
+
+    step<N>/tensors.safetensors  trainable tensors, optimizer moments, EMA, torch and CUDA RNG states
+    step<N>/state.json           position (step, epoch, batch), evaluations, settings, optimizer hyper-parameters,
+                                 scheduler state, Python and NumPy RNG states
+    latest                       JSON naming the newest complete step folder (written last, atomically)
+
+A run folder is locked (a POSIX lock on BANK/.runs/TASK.lock) while its training runs, so a second training of the same
+task is refused instead of deleting the first one's resume points.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import random
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from adapterbank.bank.paths import inside, open_nofollow, regular_file
+from adapterbank.errors import AdapterBankError
+
+FORMAT = 1
+MAX_JSON_BYTES = 64 << 20  # a run's evaluations and RNG states are a few hundred KiB
+_STEP = re.compile(r"step[0-9]{1,12}")
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every random generator training draws from: torch (dropout, DropPath), CUDA, NumPy (timm Mixup), Python."""
+    tensors = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"rng/cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    python = random.getstate()
+    return tensors, {
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "python": [python[0], list(python[1]), python[2]],
+    }
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng/torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng/cuda"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+class RunFolder:
+    """BANK/.runs/TASK: resume points of one task's training."""
+
+    def __init__(self, bank: Path, task: str) -> None:
+        self.folder = inside(bank, ".runs", task, create=True)
+        self.lock_file = inside(bank, ".runs") / f"{task}.lock"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Held for the whole training; a second training of the task fails at once. A POSIX record lock, not
+        flock: data-loader workers forked by the run do not inherit it, so a killed run's lingering workers never
+        keep its task locked."""
+        fd = open_nofollow(self.lock_file, os.O_RDWR | os.O_CREAT)
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except (BlockingIOError, PermissionError) as exc:
+                raise AdapterBankError(
+                    f"task '{self.folder.name}' is being trained by another process (run folder {self.folder} is "
+                    f"locked); wait for it or train under another --task name"
+                ) from exc
+            yield
+        finally:
+            os.close(fd)
+
+    def save(self, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        """Write step<N> whole (a temporary folder renamed into place), then point `latest` at it, then drop the
+        older points."""
+        name = f"step{step}"
+        tmp = self.folder / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "tensors.safetensors"))
+            (tmp / "state.json").write_text(json.dumps({"format": FORMAT, **state}))
+            shutil.rmtree(self.folder / name, ignore_errors=True)
+            os.replace(tmp, self.folder / name)
+            latest_tmp = self.folder / f".tmp-latest-{uuid.uuid4().hex[:8]}"
+            latest_tmp.write_text(json.dumps({"step": name}))
+            os.replace(latest_tmp, self.folder / "latest")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for old in self.folder.iterdir():
+            if old.name not in (name, "latest"):
+                shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+
+    def load(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The newest resume point, or None when there is none. Nothing in it is executed: a malformed file is a
+        one-line error."""
+        latest = self.folder / "latest"
+        if not regular_file(latest):
+            return None
+        name = _read_json(latest).get("step")
+        if not isinstance(name, str) or not _STEP.fullmatch(name):
+            raise AdapterBankError(f"'{latest}' does not name a resume point; rerun without --resume")
+        point = inside(self.folder, name)
+        tensors_file, state_file = point / "tensors.safetensors", point / "state.json"
+        if not (regular_file(tensors_file) and regular_file(state_file)):
+            raise AdapterBankError(f"resume point '{point}' is incomplete; rerun without --resume")
+        state = _read_json(state_file)
+        if state.get("format") != FORMAT:
+            raise AdapterBankError(f"resume point '{point}' has format {state.get('format')!r}, not {FORMAT}")
+        try:
+            tensors = load_file(str(tensors_file))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise AdapterBankError(
+                f"resume point '{point}': unreadable tensors ({exc}); rerun without --resume"
+            ) from exc
+        return tensors, state
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise AdapterBankError(f"'{path}' is larger than {MAX_JSON_BYTES >> 20} MiB: not a resume file")
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterBankError(f"'{path}' is not valid JSON ({exc}); rerun without --resume") from exc
+    if not isinstance(value, dict):
+        raise AdapterBankError(f"'{path}' is not a JSON object; rerun without --resume")
+    return value
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A torch optimizer's state_dict split into tensors (per parameter index) and JSON."""
+    full = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in full["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer/{index}/{key}"] = value
+            else:
+                scalars[f"{index}/{key}"] = value
+    return tensors, {"param_groups": full["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], state: dict[str, Any]
+) -> None:
+    per_param: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer/"):
+            _, index, name = key.split("/", 2)
+            per_param.setdefault(int(index), {})[name] = value
+    for key, value in state.get("scalars", {}).items():
+        index, name = key.split("/", 1)
+        per_param.setdefault(int(index), {})[name] = value
+    try:
+        optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    except (KeyError, ValueError, TypeError) as exc:
+        raise AdapterBankError(f"the resume point's optimizer state does not fit this model ({exc})") from exc
