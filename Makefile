@@ -1,8 +1,9 @@
 # Two entry points for a fresh clone: `make quickstart` (the main job, offline) and `make test`.
 VENV ?= .venv
 BIN := $(VENV)/bin
+PYTEST := $(BIN)/pytest
 
-.PHONY: setup quickstart inspect test lint
+.PHONY: setup quickstart inspect test test-fast lint
 
 $(BIN)/adapterbank: pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,5 +22,10 @@ inspect: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# The full suite: what CI runs.
 test: lint
-	$(BIN)/pytest
+	$(PYTEST)
+
+# Every module, without the tests marked slow (minutes of exports or training).
+test-fast: lint
+	$(PYTEST) -m "not slow"

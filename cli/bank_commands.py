@@ -49,7 +49,8 @@ def list_tasks(bank: Path = BankOption, as_json: bool = typer.Option(False, "--j
         if "error" in row:  # listed, not fatal: the healthy tasks are still shown and served
             table.add_row(row["task"], "[red]BAD[/red]", "", "", row["error"][:80], "")
             continue
-        metric = "" if row["value"] is None else f"{row['metric']} {row['value']:.4g}"
+        value = row["value"]
+        metric = f"{row['metric']} {value:.4g}" if isinstance(value, (int, float)) else ""
         table.add_row(
             row["task"], row["method"], human_count(row["params"]), human_count(row["bytes"]), metric, row["updated"]
         )
@@ -101,13 +102,14 @@ def verify(
     """Check every file of a bank: backbone, tasks (checksums, values, shapes), stray entries, cached graphs."""
     from adapterbank.bank.checkup import repair_identity
     from adapterbank.bank.checkup import verify as check
+    from adapterbank.bank.paths import regular_file
     from adapterbank.bank.store import orphaned
 
-    if repair and not (bank / "bank.h5").exists() and orphaned(bank):
+    if repair and not regular_file(bank / "bank.h5") and orphaned(bank):
         found = repair_identity(bank, arch)
         console.print(f"rebuilt {bank / 'bank.h5'} for {arch} (fingerprint {found[:12]})")
     store = Bank(bank)
-    result = check(store)
+    result = check(store, repair=repair)
     for what, why in result.problems:
         typer.echo(f"bad: {what}: {why}" if not why.startswith(f"task '{what}'") else f"bad: {why}", err=True)
     for line in result.fixed:

@@ -17,7 +17,7 @@ def export(
     bank: Path = typer.Option(Path("bank"), "--bank", help="Bank folder."),
     out: Path = typer.Option(Path("exports"), "--out", help="Output folder."),
     fp16: bool = typer.Option(False, "--fp16", help="Store the graph in float16 (inputs and outputs stay float32)."),
-    opset: int = typer.Option(18, "--opset", help="ONNX opset, 17 or newer."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset, 18 or newer."),
     batch: int = typer.Option(2, "--batch", min=1, help="Size of the parity-check batch."),
     multi_task: str | None = typer.Option(
         None, "--multi-task", help="T1,T2,... or 'all': one graph with a per-sample task_id input."

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from adapterbank.bank.store import Bank
 from tests import bank_writer
@@ -21,6 +22,7 @@ def new_bank(path: Path) -> Bank:
     return Bank.create(path, bank_writer.IDENTITY, {"w": np.zeros(4, np.float32)})
 
 
+@pytest.mark.slow
 def test_sigkill_never_loses_a_committed_task(tmp_path: Path) -> None:
     bank = new_bank(tmp_path / "bank")
     rng = random.Random(7)

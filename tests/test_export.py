@@ -67,6 +67,7 @@ def family(request, tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("method", MERGEABLE)
+@pytest.mark.slow
 def test_merged_export(family: dict, method: str) -> None:
     bank, out = family["bank"], family["root"] / "exports"
     result = export_task(bank, method, out)
@@ -102,6 +103,7 @@ def _bank_with_tasks(root: Path, arch: str, method: str, classes: list[int]) -> 
 
 
 @pytest.mark.parametrize(("arch", "method"), [("vit_tiny_patch16_224", "ssf"), ("convnext_atto", "lora")])
+@pytest.mark.slow
 def test_multi_task_graph_equals_per_task_graphs(tmp_path: Path, arch: str, method: str) -> None:
     classes = [5, 3, 7]
     bank, _ = _bank_with_tasks(tmp_path, arch, method, classes)

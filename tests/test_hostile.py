@@ -38,6 +38,7 @@ def _one_line_error(result) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_resume_never_unpickles_a_planted_checkpoint(convnext_weights: Path, tmp_path: Path) -> None:
     """A DeepSpeed-style run folder with a pickle that runs code: `train --resume` refuses it without loading."""
     bank, marker = tmp_path / "bank", tmp_path / "pwned"
@@ -54,6 +55,7 @@ def test_resume_never_unpickles_a_planted_checkpoint(convnext_weights: Path, tmp
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_runs_link_out_of_the_bank_is_refused(convnext_weights: Path, tmp_path: Path) -> None:
     """BANK/.runs pointing elsewhere: training refuses it, and the target's folder of the same name survives."""
     bank, outside = tmp_path / "bank", tmp_path / "precious"
@@ -87,6 +89,7 @@ def test_commit_never_writes_through_a_link(link: str, tmp_path: Path) -> None:
     assert not target.exists() or not any(target.iterdir())
 
 
+@pytest.mark.slow
 def test_a_second_training_of_the_same_task_is_refused(convnext_weights: Path, tmp_path: Path) -> None:
     """While a run holds its task's run folder, another `train` of that task stops at once and touches nothing."""
     bank = tmp_path / "bank"
@@ -101,6 +104,7 @@ def test_a_second_training_of_the_same_task_is_refused(convnext_weights: Path, t
     assert Bank(bank).tasks() == ["other"]
 
 
+@pytest.mark.slow
 def test_method_options_from_the_command_line_are_used_or_refused(convnext_weights: Path, tmp_path: Path) -> None:
     bank = tmp_path / "bank"
     result = run_cli(
@@ -114,6 +118,7 @@ def test_method_options_from_the_command_line_are_used_or_refused(convnext_weigh
     assert "rank" in _one_line_error(bad)
 
 
+@pytest.mark.slow
 def test_same_seed_fgvc_runs_are_identical(convnext_weights: Path, tmp_path: Path) -> None:
     """Random crops, flips and jitter draw per (seed, epoch, image), in the main process or in workers."""
     args = ("--method", "ssf", "--max-steps", "3", "--augment", "fgvc", "--seed", "5")
@@ -181,6 +186,12 @@ def _corrupt(file: Path, kind: str, rng: np.random.Generator) -> None:
             array.flat[0] = np.nan
             f["tensors"][key][...] = array
             f["tensors"][key].attrs["sha256"] = tensor_checksum(array)  # a checksum that matches the NaN
+    elif kind == "external_link":  # a link out of the file, to a FIFO that would block any reader
+        os.mkfifo(file.parent.parent.parent / "pipe")
+        with h5py.File(file, "r+") as f:
+            key = next(iter(f["tensors"]))
+            del f["tensors"][key]
+            f["tensors"][key] = h5py.ExternalLink(str(file.parent.parent.parent / "pipe"), "/x")
     elif kind == "folder":
         file.unlink()
         file.mkdir()
@@ -189,10 +200,10 @@ def _corrupt(file: Path, kind: str, rng: np.random.Generator) -> None:
         os.mkfifo(file)
 
 
-KINDS = ["truncate", "flip", "attribute_types", "huge_shape", "link_loop", "nan", "folder", "fifo"]
+KINDS = ["truncate", "flip", "attribute_types", "huge_shape", "link_loop", "nan", "folder", "fifo", "external_link"]
 
 
-@pytest.mark.parametrize("round_", range(16))
+@pytest.mark.parametrize("round_", range(18))
 def test_fuzzed_task_files_never_crash_and_the_healthy_tasks_serve(fuzz_bank: Path, tmp_path: Path, round_) -> None:
     import resource
     import shutil
@@ -264,6 +275,7 @@ def test_a_bank_without_bank_h5_is_not_overwritten_and_repairs(fuzz_bank: Path, 
     assert sorted(Bank(bank_dir).tasks()) == sorted(FUZZ_METHODS) and "3 tasks ok" in fixed.stdout
 
 
+@pytest.mark.slow
 def test_verify_checks_the_backbone_file_and_the_graph_cache(fuzz_bank: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -281,8 +293,9 @@ def test_verify_checks_the_backbone_file_and_the_graph_cache(fuzz_bank: Path, tm
     planted = bank_dir / ".onnx"
     planted.mkdir()
     (planted / "evil.onnx").write_bytes(b"graph")
-    result = verify(bank)
-    assert not result.problems and any("damaged" in line for line in result.fixed) and not planted.exists()
+    result = verify(bank)  # the damaged graph in the user's cache is dropped; the one planted in the bank ignored
+    assert not result.problems and any("damaged" in line for line in result.fixed) and planted.exists()
+    assert any("removed" in line for line in verify(bank, repair=True).fixed) and not planted.exists()
     again = ONNXRuntime(bank, tasks=["good_ssf"]).predict(x, ["good_ssf", "good_ssf"])  # rebuilt, same answers
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(again, expected, strict=True))
     data = bytearray((bank_dir / "backbone.safetensors").read_bytes())
@@ -302,6 +315,7 @@ def test_long_task_names_are_refused_before_training(convnext_weights: Path, tmp
     assert not (tmp_path / "bank").exists()
 
 
+@pytest.mark.slow
 def test_predict_out_is_whole_or_absent(fuzz_bank: Path, tmp_path: Path) -> None:
     import signal
     import subprocess
@@ -375,6 +389,9 @@ def test_labels_that_would_silently_change_the_task_are_refused(tmp_path: Path) 
     (csv_root / "test.csv").write_text("path,label\nc.png,99\n")
     with pytest.raises(AdapterBankError, match=r"'99' does not occur in train\.csv"):
         open_dataset(csv_root)
+    (csv_root / "test.csv").write_text("path,label\nc.png,1.5\n")
+    with pytest.raises(AdapterBankError, match=r"'1\.5' is not an integer class id"):
+        open_dataset(csv_root)
     (csv_root / "test.csv").write_bytes(b"\x89PNG\x00\xff\xfe binary")
     with pytest.raises(AdapterBankError, match="not a UTF-8 CSV"):
         open_dataset(csv_root)
@@ -409,6 +426,7 @@ def test_images_decode_to_the_range_they_mean_and_hostile_files_are_row_errors(t
         ("--weight-decay", "nan", "weight_decay"),
         ("--warmup-epochs", "nan", "warmup_epochs"),
         ("--workers", "-1", "--workers"),
+        ("--seed", str(2**50), "--seed"),
     ],
 )
 def test_bad_training_numbers_are_refused_before_any_work(flag: str, value: str, fragment: str, tmp_path: Path) -> None:
@@ -431,6 +449,8 @@ def test_export_refuses_an_opset_it_cannot_write_and_a_name_with_a_path(fuzz_ban
     ("change", "fragment"),
     [
         ({"rank": 0}, "rank of 'blocks.0.attn.qkv' is 0"),
+        ({"rank": 65}, "not in 1..64 (the layer's size)"),
+        ({"config": {"lora_dropout": "lots"}}, "lora_dropout must be a number"),
         ({"b_rows": 5}, "needs lora_A of"),
         ({"config": {"lora_alpha": "abc"}}, "must be a number"),
         ({"config": {"alpha_pattern": {"(.*?){15}(?!)": 2.0}}}, "takes too long to match"),  # minutes in `re`
@@ -478,11 +498,20 @@ def test_stored_configs_cannot_make_a_runtime_allocate(fuzz_bank: Path, tmp_path
     lora = bank.load("good_lora")
     bank.commit(dataclasses.replace(lora, name="huge", config={**lora.config, "rank": 10**9}))
     bank.commit(dataclasses.replace(lora, name="wide", training={"image_size": 60000}))
+    bank.commit(dataclasses.replace(lora, name="typed", config={**lora.config, "dropout": "x"}))
+    crop = {"size": 160, "resize": "crop", "crop_pct": 1e-4, "interpolation": "bicubic", "mean": [0.5] * 3,
+            "std": [0.5] * 3}  # fmt: skip
+    bank.commit(dataclasses.replace(lora, name="cropped", training={"preprocessing": crop}))
+    bank.commit(dataclasses.replace(lora, name="scored", metrics={"accuracy": "x"}))
     records, broken = load_healthy(bank, [*bank.tasks(), "gone"])
-    assert set(broken) == {"huge", "wide"} and "gone" not in broken
-    assert "expected" in broken["huge"] and "image size" in broken["wide"]
-    assert {r.name for r in records} == set(FUZZ_METHODS)
-    assert set(TorchRuntime(bank).task_names()) == set(FUZZ_METHODS)
+    assert set(broken) == {"huge", "wide", "typed", "cropped"} and "gone" not in broken
+    assert "expected" in broken["huge"] and "image size" in broken["wide"] and "must be float" in broken["typed"]
+    assert {r.name for r in records} == {*FUZZ_METHODS, "scored"}
+    assert set(TorchRuntime(bank).task_names()) == {*FUZZ_METHODS, "scored"}
+    with pytest.raises(AdapterBankError, match="no task 'typo'"):
+        TorchRuntime(bank, tasks=["good_ssf", "typo"])  # asked for by name: a missing task is an error
+    listing = run_cli("bank", "ls", "--bank", str(bank_dir))
+    assert listing.returncode == 0 and "scored" in listing.stdout, listing.stderr[-1500:]
 
 
 def test_verify_prunes_graphs_of_replaced_tasks(fuzz_bank: Path, tmp_path: Path) -> None:

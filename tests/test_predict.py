@@ -19,6 +19,7 @@ DATASETS = {
 }
 
 
+@pytest.mark.slow
 def test_predict_reproduces_eval_and_isolates_bad_rows(tmp_path: Path, convnext_weights: Path) -> None:
     weights = convnext_weights
     bank = tmp_path / "bank"

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from adapterbank.bank.store import Bank
 from adapterbank.data import open_dataset
 from tests.conftest import run_cli
 
 
+@pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path: Path) -> None:
     result = run_cli(
         "quickstart", "--dir", str(tmp_path), "--epochs", "1", "--image-size", "48", env={"HF_HUB_OFFLINE": "1"}

@@ -60,6 +60,7 @@ def test_bad_recipes(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_bench_export_runs_and_reports_ratios() -> None:
     result = run_cli(
         "bench",
@@ -80,6 +81,7 @@ def test_bench_export_runs_and_reports_ratios() -> None:
     assert all(r["same_ops_as_bare"] for r in rows) and all(r["ratio"] > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_bench_train_memory_runs() -> None:
     result = run_cli(
         "bench",
@@ -99,6 +101,7 @@ def test_bench_train_memory_runs() -> None:
     assert "x LoRA memory" in result.stdout and "snell" in result.stdout
 
 
+@pytest.mark.slow
 def test_bench_serve_runs() -> None:
     result = run_cli(
         "bench",
@@ -121,6 +124,7 @@ def test_bench_serve_runs() -> None:
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
+@pytest.mark.slow
 def test_bench_accuracy_trains_then_reuses_identical_runs(tmp_path: Path) -> None:
     """Real EfficientNet-Lite0 weights, one short run; a second call with --reuse reads it back without training."""
     recipe = tmp_path / "tiny.yaml"
@@ -139,6 +143,7 @@ def test_bench_accuracy_trains_then_reuses_identical_runs(tmp_path: Path) -> Non
     assert len(table) == 2 and "| adapter |" in table[1]
 
 
+@pytest.mark.slow
 def test_bench_onnx_memory_runs() -> None:
     result = run_cli("bench", "onnx-memory", "--backbone", "convnext_atto", "--methods", "ssf,snell", "--tasks", "2")
     assert result.returncode == 0, result.stderr[-1500:]

@@ -120,6 +120,7 @@ def test_reload_serves_new_and_drops_removed_tasks(bank: Bank, tmp_path: Path) -
     assert "late" not in runtime.task_names()
 
 
+@pytest.mark.slow
 def test_onnx_runtime_mixed_batch_of_every_method(bank: Bank) -> None:
     from adapterbank.runtime import ONNXRuntime
 

@@ -52,6 +52,7 @@ def train_args(checkpoint: Path, bank: Path, task: str, *extra: str) -> list[str
     ]
 
 
+@pytest.mark.slow
 def test_one_process_run_commits_a_reproducible_task(checkpoint: Path, tmp_path: Path) -> None:
     bank = tmp_path / "bank"
     result = run_cli(
@@ -70,6 +71,7 @@ def test_one_process_run_commits_a_reproducible_task(checkpoint: Path, tmp_path:
     assert cli.returncode == 0 and f'"accuracy": {record.metrics["accuracy"]}' in cli.stdout
 
 
+@pytest.mark.slow
 def test_released_regularisers_train_and_the_bank_keeps_the_ema(checkpoint: Path, tmp_path: Path) -> None:
     """SSF's FGVC recipe (simple aug + random erasing, mixup/cutmix on soft targets, EMA, stochastic depth,
     cool-down) trains; the bank stores the EMA of the task's tensors, which is also what the reported accuracy
@@ -114,6 +116,7 @@ def test_released_regularisers_train_and_the_bank_keeps_the_ema(checkpoint: Path
     assert max(getattr(m, "drop_prob", 0.0) for m in served.modules()) == 0
 
 
+@pytest.mark.slow
 def test_utuning_trains_with_method_options_on_a_vit(tmp_path: Path) -> None:
     """`--method utuning` with options from -o, on a ViT (the family U-Tuning needs), through DeepSpeed to the bank,
     at 32 px (position embeddings resampled as timm does); both predict backends then answer at 32 px too."""
@@ -153,6 +156,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_commits_one_task(checkpoint: Path, tmp_path: Path) -> None:
     bank = tmp_path / "bank"
     args = train_args(checkpoint, bank, "pair", "--method", "ssf", "--max-steps", "4", "--eval-every", "1")
@@ -182,6 +186,7 @@ def test_two_process_gloo_run_commits_one_task(checkpoint: Path, tmp_path: Path)
     assert record.training["steps"] == 4
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_an_uninterrupted_run(checkpoint: Path, tmp_path: Path) -> None:
     """Every random draw is restored or keyed by (seed, epoch, image): random crops, flips and colour jitter, mixup
     (NumPy), SNELL's branch dropout and DropPath (torch)."""
@@ -215,6 +220,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(checkpoint: Path, tmp
     assert not (bank / ".runs" / "job").exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings(checkpoint: Path, tmp_path: Path) -> None:
     bank = tmp_path / "bank"
     base = train_args(checkpoint, bank, "job", "--method", "ssf", "--checkpoint-every", "2", "--max-steps", "3")

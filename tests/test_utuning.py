@@ -179,6 +179,7 @@ def vit_bank(tmp_path_factory):
     return bank
 
 
+@pytest.mark.slow
 def test_export_keeps_extra_ops_with_parity(vit_bank, tmp_path: Path) -> None:
     single = export_task(vit_bank, "u0", tmp_path)
     manifest = json.loads(single.manifest.read_text())

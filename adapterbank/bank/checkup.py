@@ -17,12 +17,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from adapterbank.backbones import check_backbone_name, fingerprint
-from adapterbank.bank.models import check_record_shapes, identity_of, load_backbone
+from adapterbank.bank.models import identity_of, load_backbone
 from adapterbank.bank.paths import inside
 from adapterbank.bank.store import Bank, orphaned, restore_identity, task_fingerprints
-from adapterbank.data.preprocessing import task_preprocessing
 from adapterbank.errors import AdapterBankError
 from adapterbank.graph_cache import bank_graph_folder, prune
+from adapterbank.runtime.slots import load_healthy
 
 
 @dataclass
@@ -32,30 +32,28 @@ class Checkup:
     fixed: list[str] = field(default_factory=list)  # what was repaired or removed
 
 
-def verify(bank: Bank) -> Checkup:
+def verify(bank: Bank, repair: bool = False) -> Checkup:
+    """Check everything; damaged or stale graphs in the user's cache are always dropped (they are derived data),
+    files inside the bank are only removed with `repair`."""
     result = Checkup()
     try:
         load_backbone(bank)
     except AdapterBankError as exc:
         result.problems.append(("backbone.safetensors", str(exc)))
     result.problems.extend((f"tasks/{entry}", why) for entry, why in bank.foreign_entries())
-    current = {}
-    for name in bank.tasks():
-        try:
-            record = bank.load(name)
-            check_record_shapes(bank.identity, record)
-            task_preprocessing(record.training, bank.identity)
-        except AdapterBankError as exc:
-            result.problems.append((name, str(exc)))
-            continue
-        result.ok.append(name)
-        current[name] = record.updated
+    records, broken = load_healthy(bank, bank.tasks())
+    result.problems.extend(broken.items())
+    result.ok = [r.name for r in records]
+    current = {r.name: r.updated for r in records}
     for problem, graphs in prune(bank_graph_folder(bank), current).items():
         result.fixed.append(f"removed {len(graphs)} {problem} cached graph(s): {', '.join(graphs)}")
     legacy = inside(bank.path, ".onnx")
     if legacy.is_dir():  # graphs were once cached inside banks; one found there is never served now
-        shutil.rmtree(legacy)
-        result.fixed.append(f"removed {legacy} (graphs are cached outside banks, never read from one)")
+        if repair:
+            shutil.rmtree(legacy)
+            result.fixed.append(f"removed {legacy} (graphs are cached outside banks, never read from one)")
+        else:
+            result.fixed.append(f"ignored {legacy}: graphs are never read from a bank (--repair removes it)")
     return result
 
 
@@ -75,11 +73,13 @@ def repair_identity(path: Path, arch: str | None) -> str:
         raise AdapterBankError(f"cannot read '{path}/backbone.safetensors' ({exc}): nothing to rebuild from") from exc
     model = timm.create_model(arch)
     try:
-        _, unexpected = model.load_state_dict(tensors, strict=False)
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as exc:
         raise AdapterBankError(f"backbone.safetensors does not fit {arch}: {str(exc).splitlines()[0]}") from exc
     found = fingerprint(model, arch)
-    if unexpected or (fingerprints and fingerprints != {found}):
+    head = model.pretrained_cfg.get("classifier", "")
+    missing = [k for k in missing if not (k == head or k.startswith(f"{head}."))]
+    if missing or unexpected or (fingerprints and fingerprints != {found}):
         raise AdapterBankError(
             f"backbone.safetensors loaded into {arch} has fingerprint {found[:12]}, the tasks were trained on "
             f"{', '.join(sorted(f[:12] for f in fingerprints))}: pass the right --arch"

@@ -3,6 +3,8 @@ models (one task or many) from a bank, with the backbone checked against its fin
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -120,13 +122,23 @@ def load_record(model: TunedModel, record: TaskRecord, slot: int) -> None:
 
 def expected_shapes(identity: BackboneIdentity, record: TaskRecord) -> dict[str, tuple[int, ...]]:
     """The tensor shapes the record's method and config need on this backbone at the task's image size (built on
-    the meta device)."""
-    arch = identity.arch
+    the meta device: a crafted config allocates nothing). Untrusted values fail as one-line errors."""
+    size = task_preprocessing(record.training, identity).size
+    try:
+        config = json.dumps(record.config, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise AdapterBankError(f"task '{record.name}': its config is not plain data ({exc})") from exc
+    return dict(_shapes(identity.arch, record.method, config, size, len(record.class_names)))
+
+
+@functools.lru_cache(maxsize=256)
+def _shapes(arch: str, method: str, config: str, size: int, classes: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """One meta model per (method, config, size, classes): a runtime over many tasks of one kind builds it once."""
     with torch.device("meta"):
         backbone = timm.create_model(arch)
-        adapt_input_size(backbone, task_preprocessing(record.training, identity).size)
-        model = TunedModel(backbone, arch, record.method, [len(record.class_names)], record.config, "meta")
-    return {k: tuple(v.shape) for k, v in model.state(0).items()}
+        adapt_input_size(backbone, size)
+        model = TunedModel(backbone, arch, method, [classes], json.loads(config), "meta")
+    return tuple((k, tuple(v.shape)) for k, v in model.state(0).items())
 
 
 def check_record_shapes(identity: BackboneIdentity, record: TaskRecord) -> None:

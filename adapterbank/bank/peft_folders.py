@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,17 +112,21 @@ def _write_whole(target: Path, write) -> None:
 
 
 PATTERN_SECONDS = 0.2  # a PEFT pattern is a regex from an untrusted file: one that backtracks for longer is refused
+PATTERN_BUDGET_SECONDS = 2.0  # and all matches of one import together
 
 
-def _pattern_value(patterns: Any, path: str, default: Any) -> Any:
+def _pattern_value(patterns: Any, path: str, default: Any, deadline: float) -> Any:
     """PEFT's rule (`get_pattern_key`): a key matches a module path that ends with it at a dot boundary, as a
     regex. Matched with the `regex` engine under a time limit, so a catastrophically backtracking key fails in
     one line instead of running for minutes."""
     if not isinstance(patterns, dict):
         raise AdapterBankError(f"rank_pattern/alpha_pattern must be a JSON object, got {type(patterns).__name__}")
     for key, value in patterns.items():
+        left = deadline - time.monotonic()
         try:
-            if regex.match(rf"(.*\.)?({key})$", path, timeout=PATTERN_SECONDS):
+            if left <= 0:
+                raise TimeoutError
+            if regex.match(rf"(.*\.)?({key})$", path, timeout=min(PATTERN_SECONDS, left)):
                 return value
         except regex.error as exc:
             raise AdapterBankError(f"PEFT pattern '{key[:80]}' is not a valid regular expression ({exc})") from exc
@@ -156,7 +161,13 @@ def import_peft(bank: Bank, folder: str | Path, task: str, class_names: list[str
     folder = Path(folder)
     config, weights = read_peft_folder(folder)
     arch = bank.identity.arch
+    deadline = time.monotonic() + PATTERN_BUDGET_SECONDS
     base = config.get("base_model_name_or_path")
+    dropout = config.get("lora_dropout", 0.0)
+    if base is not None and not isinstance(base, str):
+        raise AdapterBankError(f"'{folder}': base_model_name_or_path must be text, got {json.dumps(base)}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise AdapterBankError(f"'{folder}': lora_dropout must be a number in [0, 1), got {json.dumps(dropout)}")
     if base and base.split(".")[0] != arch.split(".")[0]:
         raise AdapterBankError(f"'{folder}' was made for '{base}'; this bank holds '{arch}'")
     modules = sorted({k.rsplit(".", 2)[0] for k in weights if k.endswith(".lora_A.weight")})
@@ -184,7 +195,7 @@ def import_peft(bank: Bank, folder: str | Path, task: str, class_names: list[str
         if f"{path}.lora_A" not in expected:
             raise AdapterBankError(f"'{folder}' tunes '{path}', which is not among adapterbank's LoRA placements")
         r = ranks[path]
-        alpha = _pattern_value(config.get("alpha_pattern") or {}, path, config.get("lora_alpha", r))
+        alpha = _pattern_value(config.get("alpha_pattern") or {}, path, config.get("lora_alpha", r), deadline)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
             raise AdapterBankError(f"'{folder}': LoRA alpha of '{path}' must be a number, got {json.dumps(alpha)}")
         scale = alpha / (r**0.5 if use_rslora else r)
@@ -203,7 +214,7 @@ def import_peft(bank: Bank, folder: str | Path, task: str, class_names: list[str
     return TaskRecord(
         name=task,
         method="lora",
-        config={"rank": rank, "alpha": float(rank), "dropout": float(config.get("lora_dropout", 0.0))},
+        config={"rank": rank, "alpha": float(rank), "dropout": float(dropout)},
         tensors=tensors,
         class_names=classes,
         fingerprint=bank.identity.fingerprint,

@@ -18,6 +18,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import uuid
@@ -78,6 +79,7 @@ class TaskRecord:
         return int(sum(np.prod(s, dtype=np.int64) for s in self.shapes.values()))
 
 
+MAX_TASK_BYTES = 16 << 30  # the largest backbone a bank is expected to hold (ViT-g is ~4 GiB in fp32)
 MAX_NAME = 200  # a task's file names (NAME.h5, its temporary, its run lock) stay under the usual 255 bytes
 
 
@@ -135,11 +137,6 @@ class Bank:
         if not (path / "bank.h5").is_file():
             if path.exists() and not path.is_dir():
                 raise AdapterBankError(f"bank path '{path}' exists and is not a folder")
-            if orphaned(path):  # writing a new identity here would orphan every task in it
-                raise AdapterBankError(
-                    f"'{path}' holds a backbone or task files but no bank.h5: refusing to start a new bank over them; "
-                    f"rebuild it with `adapterbank bank verify --repair --bank {path}` or use another --bank"
-                )
             try:
                 path.mkdir(parents=True, exist_ok=True)
                 inside(path, "tasks", create=True)
@@ -147,6 +144,11 @@ class Bank:
                 raise AdapterBankError(f"cannot create bank folder '{path}': {exc.strerror}") from exc
             with _locked(path):
                 if not (path / "bank.h5").is_file():  # another process may have created it meanwhile
+                    if orphaned(path):  # a new identity here would orphan every task in it
+                        raise AdapterBankError(
+                            f"'{path}' holds a backbone or task files but no bank.h5: refusing to start a new bank "
+                            f"over them; rebuild it with `adapterbank bank verify --repair --bank {path}`"
+                        )
                     _atomic_write(path, path / "backbone.safetensors", lambda tmp: _write_backbone(tmp, backbone))
                     _atomic_write(path, path / "bank.h5", lambda tmp: _write_identity(tmp, identity))
         bank = cls(path)
@@ -199,7 +201,7 @@ class Bank:
         """(entry, why) for what lies under tasks/ but is no task file: links, folders, devices, bad names."""
         found = []
         for entry in sorted(inside(self.path, "tasks").iterdir()):
-            if entry.name.startswith(_TEMP_PREFIX):
+            if entry.name.startswith(_TEMP_PREFIX) and regular_file(entry):
                 continue  # a writer's temporary file
             if entry.suffix != ".h5" or not valid_task_name(entry.stem):
                 found.append((entry.name, "not a task file name (NAME.h5, NAME of letters, digits, '.', '_', '-')"))
@@ -208,13 +210,14 @@ class Bank:
         return found
 
     def tensor_limit(self) -> int:
-        """Bytes one task tensor may declare: no task holds more than the whole backbone (`full` holds exactly
-        it). Checked before anything is allocated."""
+        """Bytes a task's tensors may declare in all: no task holds more than the whole backbone (`full` holds
+        exactly it), and never more than MAX_TASK_BYTES whatever the backbone file claims. Checked before anything
+        is allocated; the exact shapes are checked against the method's before tensors are read (load_healthy)."""
         try:
             backbone = os.stat(self.path / "backbone.safetensors").st_size
         except OSError:
             backbone = 0
-        return max(backbone, 64 << 20)
+        return min(max(backbone, 64 << 20), MAX_TASK_BYTES)
 
     def has(self, name: str) -> bool:
         return self.task_file(name).is_file()
@@ -343,7 +346,8 @@ def _locked(bank: Path) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_EX)
         for folder in (bank, inside(bank, "tasks", create=True)):
             for stale in folder.glob(_TEMP_PREFIX + "*"):
-                stale.unlink(missing_ok=True)
+                if regular_file(stale):  # a writer's leftover; anything else there is reported by verify
+                    stale.unlink(missing_ok=True)
         yield
     finally:
         os.close(fd)
@@ -451,12 +455,18 @@ def _read_record(f: h5py.File, name: str, with_tensors: bool, limit: int) -> Tas
         raise ValueError(f"{len(group)} tensors stored, {count!r} expected")
     tensors: dict[str, np.ndarray] = {}
     shapes = {}
+    declared = 0
     for key in group:
-        dataset = group.get(key, getlink=False)
+        if not isinstance(group.get(key, getlink=True), h5py.HardLink):  # soft/external links lead elsewhere
+            raise TypeError(f"tensor '{key}' is a link, not data stored in this file")
+        dataset = group[key]
         if not isinstance(dataset, h5py.Dataset) or dataset.dtype != np.float32:
             raise TypeError(f"tensor '{key}' is not a float32 dataset")
-        if int(np.prod(dataset.shape, dtype=np.int64)) * 4 > limit:
-            raise ValueError(f"tensor '{key}' declares shape {dataset.shape}, more than any task holds")
+        if dataset.external or dataset.is_virtual:
+            raise TypeError(f"tensor '{key}' keeps its data in other files")
+        declared += math.prod(dataset.shape) * 4
+        if declared > limit:
+            raise ValueError(f"tensors up to '{key}' declare {declared:,} bytes, more than any task holds")
         shapes[key] = dataset.shape
         if with_tensors:
             array = dataset[()]

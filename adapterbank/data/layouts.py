@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from adapterbank.errors import AdapterBankError
+
+MAX_CLASSES = 1_000_000  # a class id beyond this is a broken list, not a task
+_INTEGER = re.compile(r"-?[0-9]+")
+_NUMBER = re.compile(r"-?[0-9]*\.?[0-9]+(e-?[0-9]+)?")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # (train split, evaluation split) as the papers' protocols: VTAB-1k trains on train800val200 and tests on test.
@@ -88,13 +93,15 @@ def _read_vtab(root: Path) -> Dataset:
             if not line.strip():
                 continue
             path, _, label = line.strip().partition(" ")
-            if not label.strip().lstrip("-").isdigit():
+            if not _INTEGER.fullmatch(label.strip()):
                 raise AdapterBankError(f"{file}:{number}: expected '<path> <integer label>', got '{line.strip()}'")
             samples.append((root / path, int(label)))
         splits[name] = samples
     # without classes.txt the classes are those the training lists know: a label only in val/test is refused below
     labels = [label for name in ("train800", "train800val200") for _, label in splits.get(name, [])]
     classes_file = root / "classes.txt"
+    if max(labels, default=0) >= MAX_CLASSES:
+        raise AdapterBankError(f"'{root}': label {max(labels)} asks for more than {MAX_CLASSES:,} classes")
     names = (
         [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
         if classes_file.is_file()
@@ -179,18 +186,26 @@ def _read_csv(root: Path) -> Dataset:
             raise AdapterBankError(f"{file}: row {bad + 1} is not 'path,label'")
         rows[name] = [(row[0].strip(), row[1].strip()) for row in table]
     labels = {label for entries in rows.values() for _, label in entries}
-    numeric = all(label.lstrip("-").isdigit() for label in labels)
+    if "" in labels:
+        raise AdapterBankError(f"'{root}': a CSV row has an empty label")
+    integers = {label for label in labels if _INTEGER.fullmatch(label)}
+    numeric = integers == labels
+    if integers and not numeric and all(_NUMBER.fullmatch(label) for label in labels):
+        bad = sorted(labels - integers)[0]
+        raise AdapterBankError(f"'{root}': label '{bad}' is not an integer class id (the others are)")
     if numeric:  # class ids: as many classes as the training split knows; other splits may not add any
         values = sorted(int(label) for label in labels)
         if values and values[0] < 0:
             raise AdapterBankError(f"'{root}': negative label {values[0]} in a CSV split")
         known = [int(label) for _, label in rows.get("train", [])]
+        if max(known, default=0) >= MAX_CLASSES:
+            raise AdapterBankError(f"'{root}': label {max(known)} asks for more than {MAX_CLASSES:,} classes")
         names = [str(i) for i in range(max(known, default=-1) + 1)]
     else:
         names = sorted({label for _, label in rows.get("train", [])})
     index = {name: i for i, name in enumerate(names)}
     if numeric:
-        index.update({label: int(label) for label in labels if label.isdigit() and int(label) < len(names)})
+        index.update({label: int(label) for label in labels if int(label) < len(names)})
     splits = {}
     for name, entries in rows.items():
         unknown = next((label for _, label in entries if label not in index), None)

@@ -46,10 +46,13 @@ class Preprocessing:
             raise AdapterBankError(
                 f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got '{self.interpolation}'"
             )
-        if not 0.0 < self.crop_pct <= 1.0:
-            raise AdapterBankError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise AdapterBankError(f"mean and std need 3 values each (std > 0), got {self.mean} and {self.std}")
+        if not 0.0 < self.crop_pct <= 1.0 or self.resize_to > MAX_SIZE:
+            raise AdapterBankError(
+                f"crop_pct must be in (0, 1] with size / crop_pct <= {MAX_SIZE}, got {self.crop_pct}"
+            )
+        values = (*self.mean, *self.std)
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in values) or min(self.std) <= 0:
+            raise AdapterBankError(f"mean and std need 3 finite values each (std > 0), got {self.mean} and {self.std}")
 
     @property
     def resize_to(self) -> int:
@@ -70,8 +73,8 @@ class Preprocessing:
                 mean=tuple(float(v) for v in values["mean"]),
                 std=tuple(float(v) for v in values["std"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise AdapterBankError(f"malformed preprocessing record {dict(values)}: {exc}") from exc
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise AdapterBankError(f"malformed preprocessing record: {exc}") from exc
 
     def manifest(self) -> dict[str, Any]:
         """The contract for someone with only the exported graph: every step, with torchvision's rounding rules."""
@@ -152,5 +155,7 @@ def task_preprocessing(training: Mapping[str, Any], defaults: Any) -> Preprocess
     then (bicubic, the backbone's mean/std and crop_pct, direct resize for augment none)."""
     if isinstance(training.get("preprocessing"), Mapping):
         return Preprocessing.from_dict(training["preprocessing"])
-    size = int(training.get("image_size") or defaults.input_size[-1])
+    size = training.get("image_size") or defaults.input_size[-1]
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise AdapterBankError(f"stored image size must be an integer, got {size!r}")
     return resolve_preprocessing(str(training.get("augment", "none")), size, defaults, interpolation="bicubic")

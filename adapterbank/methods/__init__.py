@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 from adapterbank.errors import AdapterBankError
@@ -36,9 +38,28 @@ def make_config(method: Method, options: dict[str, Any] | None = None) -> Method
     if unknown:
         valid = ", ".join(sorted(known)) or "none"
         raise AdapterBankError(f"method {method.name} has no option '{unknown[0]}' (options: {valid})")
+    for field in dataclasses.fields(method.config_type):
+        if field.name in options and not _fits(options[field.name], str(field.type)):
+            raise AdapterBankError(
+                f"method {method.name} option '{field.name}' must be {field.type}, got {options[field.name]!r}"
+            )
     config = method.config_type(**options)
     config.validate()
     return config
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether an option value (from YAML, JSON or a stored record) has the type its field declares."""
+    kinds = {part.strip() for part in annotation.split("|")}
+    if value is None:
+        return "None" in kinds
+    if isinstance(value, bool):
+        return "bool" in kinds
+    if isinstance(value, int) and ("int" in kinds or "float" in kinds):
+        return True
+    if isinstance(value, float):
+        return "float" in kinds and math.isfinite(value)
+    return isinstance(value, str) and "str" in kinds
 
 
 __all__ = ["METHODS", "Method", "MethodConfig", "get_method", "make_config"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,7 +60,10 @@ class ONNXRuntime:
         if not path.is_file() or graph_problem(path, built_from) is not None:
             build(path.stem)
             manifest = path.with_suffix(".json")
-            manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "built_from": built_from}, indent=2))
+            info = {**json.loads(manifest.read_text()), "built_from": built_from}
+            partial = manifest.with_name(f".{manifest.name}.{os.getpid()}")  # other processes may read the cache
+            partial.write_text(json.dumps(info, indent=2))
+            os.replace(partial, manifest)
         return path
 
     def _sessions(self, paths: list[Path]) -> list[ort.InferenceSession]:
@@ -95,7 +99,9 @@ class ONNXRuntime:
 
     def reload(self) -> None:
         names = self.only if self.only is not None else self.bank.tasks()
-        records, self.broken = load_healthy(self.bank, names)  # checksums too: graphs are built from them
+        records, self.broken = load_healthy(
+            self.bank, names, explicit=self.only is not None
+        )  # checksums too: graphs are built from them
         grouped: dict[str, list[TaskRecord]] = {}
         for record in records:
             if record.method in MULTI_TASK_METHODS:  # a graph has one input size: sizes group apart

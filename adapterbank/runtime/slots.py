@@ -34,22 +34,31 @@ def rows_per_group(images: torch.Tensor, tasks: Sequence[str], served: Mapping[s
     return groups
 
 
-def load_healthy(
-    bank: Bank, names: Sequence[str], with_tensors: bool = True
-) -> tuple[list[TaskRecord], dict[str, str]]:
-    """(records that load, {name: error} of those that do not): one bad task never stops the others. A record is
-    checked whole before anything is built from it: checksums, finite values, backbone, the tensor shapes its
-    config implies (on the meta device, so a crafted config allocates nothing) and its preprocessing. A task
-    removed since the listing is left out."""
+# What a crafted record can make the checks below raise besides AdapterBankError: all mean "this task is bad".
+UNTRUSTED_RECORD_ERRORS = (AdapterBankError, TypeError, ValueError, KeyError, AttributeError, OverflowError)
+
+
+def check_record(bank: Bank, name: str) -> TaskRecord:
+    """A banked task read as untrusted data: declared shapes first (no tensor read), then checked against the
+    shapes its method and config imply (on the meta device, so a crafted config allocates nothing) and its
+    preprocessing, and only then its tensors (checksums, finite values)."""
+    check_record_shapes(bank.identity, bank.load(name, with_tensors=False))
+    record = bank.load(name)
+    task_preprocessing(record.training, bank.identity)
+    return record
+
+
+def load_healthy(bank: Bank, names: Sequence[str], explicit: bool = False) -> tuple[list[TaskRecord], dict[str, str]]:
+    """(records that pass `check_record`, {name: reason} of those that do not): one bad task never stops the
+    others. A task removed since the listing is left out, unless it was asked for by name (`explicit`)."""
     records, broken = [], {}
     for name in names:
         try:
-            record = bank.load(name, with_tensors=with_tensors)
-            check_record_shapes(bank.identity, record)
-            task_preprocessing(record.training, bank.identity)
-        except AdapterBankError as exc:
-            if bank.task_file(name).exists() or bank.task_file(name).is_symlink():
-                broken[name] = str(exc)
-            continue
-        records.append(record)
+            records.append(check_record(bank, name))
+        except UNTRUSTED_RECORD_ERRORS as exc:
+            file = bank.task_file(name)
+            if file.exists() or file.is_symlink():
+                broken[name] = str(exc) if isinstance(exc, AdapterBankError) else f"task '{name}': malformed ({exc})"
+            elif explicit:
+                raise AdapterBankError(f"no task '{name}' in bank '{bank.path}'") from exc
     return records, broken

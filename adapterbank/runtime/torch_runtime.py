@@ -57,7 +57,7 @@ class TorchRuntime:
     def reload(self) -> None:
         """Serve the bank as it is now: tasks committed, replaced or removed since the last load."""
         names = self.only if self.only is not None else self.bank.tasks()
-        records, self.broken = load_healthy(self.bank, names)
+        records, self.broken = load_healthy(self.bank, names, explicit=self.only is not None)
         by_group: dict[str, list[TaskRecord]] = {}
         fixed_size = has_fixed_input_size(self.backbone)
         for record in records:

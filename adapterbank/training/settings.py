@@ -66,7 +66,9 @@ class TrainSettings:
             raise AdapterBankError(f"--lr must be a positive number, got {self.lr!r}")
         for name in ("weight_decay", "min_lr", "warmup_lr"):
             _check_range(name, getattr(self, name), 0.0, math.inf)
-        for name in ("checkpoint_every", "num_workers", "seed"):
+        if not 0 <= self.seed < 2**31:
+            raise AdapterBankError(f"--seed must be in [0, 2^31), got {self.seed}")
+        for name in ("checkpoint_every", "num_workers"):
             if getattr(self, name) < 0:
                 flag = {"num_workers": "workers"}.get(name, name).replace("_", "-")
                 raise AdapterBankError(f"--{flag} must be 0 or more, got {getattr(self, name)}")

@@ -150,7 +150,10 @@ def _loaders(
 
 
 def eval_loader(dataset: ImageDataset, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    """In order; with a generator of its own, so evaluating never moves the global random state."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, generator=torch.Generator().manual_seed(0)
+    )
 
 
 @torch.no_grad()
@@ -292,7 +295,12 @@ def _epoch(run: Run, state: dict[str, Any]) -> None:
     batches = epoch_batches(len(run.train_set), settings.batch_size, state["epoch"], settings.seed, info.rank,
                             info.world_size)[state["batch"] :]  # fmt: skip
     run.train_set.epoch = state["epoch"]  # augmentation draws per (seed, epoch, image): resumable, worker-proof
-    loader = torch.utils.data.DataLoader(run.train_set, batch_sampler=batches, num_workers=settings.num_workers)
+    # its own generator: a loader draws a seed when iterated, which must not shift the global one that dropout and
+    # DropPath draw from (a resumed run would then differ from an uninterrupted one)
+    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + state["epoch"])
+    loader = torch.utils.data.DataLoader(
+        run.train_set, batch_sampler=batches, num_workers=settings.num_workers, generator=generator
+    )
     tick = time.perf_counter()
     for images, labels in _batches(loader):
         images, labels = images.to(run.device), labels.to(run.device)
