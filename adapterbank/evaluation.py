@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from adapterbank.bank.models import load_tasks
 from adapterbank.bank.store import Bank, TaskRecord
+from adapterbank.bank.torch_bridge import load_tasks
 from adapterbank.data import open_dataset
 from adapterbank.data.images import ImageDataset, check_headers
 from adapterbank.data.preprocessing import task_preprocessing

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from adapterbank.backbones import has_fixed_input_size
-from adapterbank.bank.models import load_tasks
 from adapterbank.bank.store import Bank, TaskRecord, valid_task_name
+from adapterbank.bank.torch_bridge import load_tasks
 from adapterbank.data.preprocessing import Preprocessing, task_preprocessing
 from adapterbank.errors import AdapterBankError
 from adapterbank.ort_sessions import session

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from adapterbank.errors import AdapterBankError
-from adapterbank.weights import PACKAGED_ARCH
+from adapterbank.packaged_weights import PACKAGED_ARCH
 
 
 def _package_file(package: str, relative: str) -> Path:

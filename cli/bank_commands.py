@@ -127,8 +127,8 @@ def import_peft(
     classes: Path | None = typer.Option(None, help="Text file with one class name per line."),
 ) -> None:
     """Import a Hugging Face PEFT LoRA folder as a task."""
-    from adapterbank.bank.models import commit
     from adapterbank.bank.peft_folders import import_peft as read_folder
+    from adapterbank.bank.torch_bridge import commit
 
     store = Bank(bank)
     names = None

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from adapterbank.errors import AdapterBankError
 from adapterbank.method_names import METHOD_NAMES
-from adapterbank.weights import PACKAGED_ARCH, packaged_checkpoint
+from adapterbank.packaged_weights import PACKAGED_ARCH, packaged_checkpoint
 from cli.output import console, human_count
 
 

@@ -13,7 +13,7 @@ from cli.output import console
 
 def export(
     task: str | None = typer.Option(None, "--task", help="Task to export as its own graph."),
-    onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Export to ONNX (the only format)."),
+    onnx: bool = typer.Option(False, "--onnx", help="ONNX is the only format: the flag is accepted, never needed."),
     bank: Path = typer.Option(Path("bank"), "--bank", help="Bank folder."),
     out: Path = typer.Option(Path("exports"), "--out", help="Output folder."),
     fp16: bool = typer.Option(False, "--fp16", help="Store the graph in float16 (inputs and outputs stay float32)."),
@@ -32,8 +32,6 @@ def export(
     """Export tasks as re-parameterized ONNX graphs with a parity check and a manifest."""
     from adapterbank.export import VerifyData, export_multi_task, export_task
 
-    if not onnx:
-        raise AdapterBankError("ONNX is the only export format: pass --onnx")
     if (task is None) == (multi_task is None):
         raise AdapterBankError("pass either --task NAME or --multi-task T1,T2,...|all")
     if verify_data is not None and task is None:

@@ -14,8 +14,8 @@ import torch
 
 from adapterbank import AdapterBankError, TunedModel, create_backbone
 from adapterbank.bank.checkup import verify as checkup
-from adapterbank.bank.models import commit, create_bank, load_tasks, task_record
 from adapterbank.bank.store import FORMAT_VERSION, Bank
+from adapterbank.bank.torch_bridge import commit, create_bank, load_tasks, task_record
 from adapterbank.inspection import perturb_task_parameters
 from adapterbank.method_names import METHOD_NAMES
 from tests.conftest import images, run_cli

@@ -12,7 +12,7 @@ import torch
 
 from adapterbank import AdapterBankError, create_backbone, fingerprint, load_checkpoint
 from adapterbank.backbones import backbone_state
-from adapterbank.weights import packaged_checkpoint
+from adapterbank.packaged_weights import packaged_checkpoint
 from tests import checkpoint_formats as fmt
 
 CASES: list[tuple[str, str, Callable]] = [

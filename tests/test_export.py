@@ -16,7 +16,7 @@ import torch
 
 from adapterbank import TunedModel, create_backbone
 from adapterbank.backbones import backbone_state
-from adapterbank.bank.models import commit, create_bank, load_tasks, task_record
+from adapterbank.bank.torch_bridge import commit, create_bank, load_tasks, task_record
 from adapterbank.export import export_multi_task, export_task, graph_stats, sha256_file, to_onnx
 from adapterbank.inspection import perturb_task_parameters
 from adapterbank.ort_sessions import session

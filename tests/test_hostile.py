@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from adapterbank import AdapterBankError, TunedModel, create_backbone
-from adapterbank.bank.models import commit, create_bank, task_record
 from adapterbank.bank.store import Bank
+from adapterbank.bank.torch_bridge import commit, create_bank, task_record
 from adapterbank.training.resume import RunFolder
 from tests.conftest import SHARED_DATA, run_cli
 from tests.test_training import train_args

@@ -22,8 +22,8 @@ from PIL import Image
 
 from adapterbank import AdapterBankError, TunedModel, create_backbone
 from adapterbank.backbones import adapt_input_size
-from adapterbank.bank.models import commit, create_bank, load_backbone, task_record
 from adapterbank.bank.store import Bank
+from adapterbank.bank.torch_bridge import commit, create_bank, load_backbone, task_record
 from adapterbank.data.preprocessing import Preprocessing
 from adapterbank.evaluation import evaluate_task
 from adapterbank.export import VerifyData, export_task
@@ -219,7 +219,7 @@ def test_every_serving_path_answers_as_eval(arch: str, size: int, photos: Path, 
 
 def test_verify_data_refuses_a_manifest_that_misdescribes_preprocessing(photos: Path, tmp_path: Path) -> None:
     """--verify-data preprocesses for the graph from the manifest alone: a wrong mean there is caught."""
-    from adapterbank.bank.models import load_tasks
+    from adapterbank.bank.torch_bridge import load_tasks
     from adapterbank.export import verify_export
 
     names = (photos / "classes.txt").read_text().split()

@@ -12,7 +12,7 @@ import torch
 peft = pytest.importorskip("peft")
 
 from adapterbank import TunedModel, create_backbone  # noqa: E402
-from adapterbank.bank.models import commit, create_bank, load_backbone, load_tasks, task_record  # noqa: E402
+from adapterbank.bank.torch_bridge import commit, create_bank, load_backbone, load_tasks, task_record  # noqa: E402
 from adapterbank.inspection import perturb_task_parameters  # noqa: E402
 from tests.conftest import images, run_cli  # noqa: E402
 

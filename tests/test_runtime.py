@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from adapterbank import AdapterBankError, TunedModel, create_backbone
-from adapterbank.bank.models import commit, create_bank, load_tasks, task_record
 from adapterbank.bank.store import Bank
+from adapterbank.bank.torch_bridge import commit, create_bank, load_tasks, task_record
 from adapterbank.inspection import perturb_task_parameters
 from adapterbank.methods.snell import KernelSparseDelta
 from adapterbank.runtime import TorchRuntime

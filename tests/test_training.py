@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapterbank.bank.models import load_tasks
 from adapterbank.bank.store import Bank
+from adapterbank.bank.torch_bridge import load_tasks
 from adapterbank.evaluation import evaluate_task
 from tests.conftest import REPO, SHARED_DATA, run_cli
 
@@ -77,7 +77,7 @@ def test_released_regularisers_train_and_the_bank_keeps_the_ema(checkpoint: Path
     cool-down) trains; the bank stores the EMA of the task's tensors, which is also what the reported accuracy
     measured. EMA 0.9999 starts from the weights after step 1 and barely moves: the banked tensors stay much
     closer to their initial values than those of the same run without it."""
-    from adapterbank.bank.models import load_backbone
+    from adapterbank.bank.torch_bridge import load_backbone
     from adapterbank.tuned import TunedModel
 
     bank = tmp_path / "bank"

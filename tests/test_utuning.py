@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from adapterbank import AdapterBankError, TunedModel, create_backbone, tune
-from adapterbank.bank.models import commit, create_bank, load_tasks, task_record
+from adapterbank.bank.torch_bridge import commit, create_bank, load_tasks, task_record
 from adapterbank.export import export_multi_task, export_task, graph_stats
 from adapterbank.inspection import perturb_task_parameters
 from adapterbank.ort_sessions import session

@@ -17,9 +17,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from adapterbank.backbones import check_backbone_name, fingerprint
-from adapterbank.bank.models import identity_of, load_backbone
 from adapterbank.bank.paths import inside
 from adapterbank.bank.store import Bank, orphaned, restore_identity, task_fingerprints
+from adapterbank.bank.torch_bridge import identity_of, load_backbone
 from adapterbank.errors import AdapterBankError
 from adapterbank.graph_cache import bank_graph_folder, prune
 from adapterbank.runtime.slots import load_healthy

@@ -219,9 +219,6 @@ class Bank:
             backbone = 0
         return min(max(backbone, 64 << 20), MAX_TASK_BYTES)
 
-    def has(self, name: str) -> bool:
-        return self.task_file(name).is_file()
-
     def load(self, name: str, with_tensors: bool = True) -> TaskRecord:
         """Read and validate a task: format version, method, backbone fingerprint, every tensor's checksum."""
         file = self.task_file(name)

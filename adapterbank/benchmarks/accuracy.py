@@ -11,9 +11,9 @@ from pathlib import Path
 from adapterbank.bank.store import Bank
 from adapterbank.data.layouts import detect_layout
 from adapterbank.errors import AdapterBankError
+from adapterbank.packaged_weights import PACKAGED_ARCH
 from adapterbank.training.settings import TrainSettings, resolve
 from adapterbank.training.trainer import Reporter, train
-from adapterbank.weights import PACKAGED_ARCH
 
 METHODS = ("linear", "full", "bitfit", "ssf", "lora", "snell", "adapter")
 
@@ -94,9 +94,9 @@ def accuracy_table(
 
 
 def _same_run(bank: Bank, name: str, settings: TrainSettings) -> bool:
+    """Every setting given equals the stored run's (unset ones, e.g. the split, were resolved from the same data)."""
     if not bank.path.is_dir() or name not in bank.tasks():
         return False
-    """Every setting given equals the stored run's (unset ones, e.g. the split, were resolved from the same data)."""
     wanted = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(settings))).items() if v is not None}
     training = bank.load(name, with_tensors=False).training
     return {key: training.get(key) for key in wanted} == wanted

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from adapterbank.bank.models import check_record_shapes
 from adapterbank.bank.store import Bank, TaskRecord
+from adapterbank.bank.torch_bridge import check_record_shapes
 from adapterbank.data.preprocessing import task_preprocessing
 from adapterbank.errors import AdapterBankError
 

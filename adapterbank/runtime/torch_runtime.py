@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from adapterbank.backbones import adapt_input_size, has_fixed_input_size
-from adapterbank.bank.models import load_backbone, load_record
 from adapterbank.bank.store import Bank, TaskRecord
+from adapterbank.bank.torch_bridge import load_backbone, load_record
 from adapterbank.data.preprocessing import task_preprocessing
 from adapterbank.methods.snell import KernelSparseDelta
 from adapterbank.methods.weight_cache import WeightCache

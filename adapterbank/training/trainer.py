@@ -16,13 +16,14 @@ import torch
 from torch import nn
 
 from adapterbank.backbones import adapt_input_size, check_input_size, create_backbone, fingerprint
-from adapterbank.bank.models import commit, create_bank, load_backbone, task_record
 from adapterbank.bank.store import Bank
+from adapterbank.bank.torch_bridge import commit, create_bank, load_backbone, task_record
 from adapterbank.data import open_dataset
 from adapterbank.data.images import ImageDataset, check_headers, unwrap_worker_error
 from adapterbank.data.layouts import Dataset
 from adapterbank.data.preprocessing import resolve_preprocessing
 from adapterbank.errors import AdapterBankError
+from adapterbank.packaged_weights import packaged_checkpoint
 from adapterbank.training.batches import epoch_batches, steps_per_epoch
 from adapterbank.training.distributed import ProcessInfo, barrier, setup_process
 from adapterbank.training.ema import TaskEma
@@ -31,7 +32,6 @@ from adapterbank.training.resume import RunFolder, load_optimizer_state, optimiz
 from adapterbank.training.schedule import epoch_cosine, warmup_cosine
 from adapterbank.training.settings import DEFAULT_BACKBONE, TrainSettings
 from adapterbank.tuned import TunedModel
-from adapterbank.weights import packaged_checkpoint
 
 
 class Reporter(Protocol):
