@@ -6,13 +6,11 @@ Files appear whole: graph and manifest are written under temporary names and ren
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +20,13 @@ import onnx
 import torch
 from torch import nn
 
+from adapterbank.atomic_files import publish, temporaries
 from adapterbank.backbones import has_fixed_input_size
 from adapterbank.bank.store import Bank, TaskRecord, valid_task_name
 from adapterbank.bank.torch_bridge import load_tasks
 from adapterbank.data.preprocessing import Preprocessing, task_preprocessing
 from adapterbank.errors import AdapterBankError
+from adapterbank.methods import METHODS
 from adapterbank.ort_sessions import session
 from adapterbank.tuned import TunedModel
 
@@ -37,7 +37,7 @@ FP32_TOLERANCE = 1e-4
 # to 3.4e-3 (EfficientNet-Lite0, folded BatchNorm) max abs logit error at logit scale <= 1: we allow 1e-2 of
 # the logit scale, ~20 unit roundoffs, about 3x the worst case seen.
 FP16_RELATIVE_TOLERANCE = 1e-2
-MULTI_TASK_METHODS = ("ssf", "bitfit", "lora", "linear", "adapter", "prefix", "prompt", "utuning")
+MULTI_TASK_METHODS = tuple(name for name, method in METHODS.items() if method.multi_task_graph)
 
 
 @dataclass
@@ -97,16 +97,6 @@ def prepare_out_dir(out: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise AdapterBankError(f"output folder '{out}' is not writable: {exc.strerror or exc}") from exc
-
-
-@contextlib.contextmanager
-def temporary_paths(out: Path, *names: str) -> Iterator[list[Path]]:
-    paths = [out / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}" for name in names]
-    try:
-        yield paths
-    finally:
-        for path in paths:
-            path.unlink(missing_ok=True)
 
 
 def to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: Sequence[str], path: Path, opset: int) -> None:
@@ -186,8 +176,8 @@ def resolution(bank: Bank, model: TunedModel, size: int) -> dict[str, Any]:
 def _publish(graph_tmp: Path, manifest_tmp: Path, graph: Path, manifest: Path, info: dict[str, Any]) -> dict[str, Any]:
     info = {**info, "graph": graph.name, "sha256": sha256_file(graph_tmp)}
     manifest_tmp.write_text(json.dumps(info, indent=2))
-    os.replace(graph_tmp, graph)
-    os.replace(manifest_tmp, manifest)
+    publish(graph_tmp, graph)
+    publish(manifest_tmp, manifest)
     return info
 
 
@@ -214,7 +204,7 @@ def export_task(
     merged = model.method.mergeable
     graph_module = model.merge(0) if merged else model
     graph, manifest = out / f"{task}.onnx", out / f"{task}.json"
-    with temporary_paths(out, graph.name, manifest.name) as (graph_tmp, manifest_tmp):
+    with temporaries(graph, manifest) as (graph_tmp, manifest_tmp):
         to_onnx(graph_module, (images,), ["images"], graph_tmp, opset)
         check_written_opset(graph_tmp, opset)
         if fp16:
@@ -287,7 +277,7 @@ def export_multi_task(
     with torch.no_grad():
         expected = graph_module(images, task_id).numpy()
     graph, manifest = out / f"{name}.onnx", out / f"{name}.json"
-    with temporary_paths(out, graph.name, manifest.name) as (graph_tmp, manifest_tmp):
+    with temporaries(graph, manifest) as (graph_tmp, manifest_tmp):
         to_onnx(graph_module, (images, task_id), ["images", "task_id"], graph_tmp, opset)
         check_written_opset(graph_tmp, opset)
         if fp16:

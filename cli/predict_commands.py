@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
 import sys
 from pathlib import Path
 
 import typer
 from rich.progress import Progress
 
+from adapterbank.atomic_files import publish, temporary_path
 from adapterbank.errors import AdapterBankError
 from cli.output import console
 
@@ -42,7 +42,7 @@ def predict(
     runtime = TorchRuntime(bank, snell_cache_bytes=snell_cache_mb << 20) if backend == "torch" else ONNXRuntime(bank)
     failed = 0
     # written beside the target and renamed when complete: a run that dies leaves no truncated answers file
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}") if out else None
+    partial = temporary_path(out) if out else None
     handle = partial.open("w", newline="") if partial else sys.stdout
     try:
         writer = csv.writer(handle)
@@ -64,7 +64,7 @@ def predict(
                 progress.advance(bar)
         if partial:
             handle.close()
-            os.replace(partial, out)
+            publish(partial, out)
     finally:
         if partial:
             handle.close()

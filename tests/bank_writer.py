@@ -16,7 +16,8 @@ FINGERPRINT = "ab" * 32
 IDENTITY = BackboneIdentity(
     "vit_tiny_patch16_224", FINGERPRINT, (3, 224, 224), (0.5,) * 3, (0.5,) * 3, "bicubic", 0.9, "random-init"
 )
-SHAPES = {"blocks.0.attn.qkv.ssf_scale": (1, 576), "blocks.0.mlp.fc1.ssf_shift": (600, 768), "head.weight": (10, 192)}
+SHAPES = {  # not vit_tiny's real SSF shapes: this writer stays torch-free to commit within a fraction of a second
+"blocks.0.attn.qkv.ssf_scale": (1, 576), "blocks.0.mlp.fc1.ssf_shift": (600, 768), "head.weight": (10, 192)}
 
 
 def tensors_for(seed: int) -> dict[str, np.ndarray]:
@@ -43,12 +44,12 @@ def main() -> None:
         seed = int(sys.argv[3])
         while True:
             name = f"t{seed % 8}"
-            bank.commit(record(name, seed))
+            bank.commit(record(name, seed), SHAPES)
             print(f"committed {name} {seed}", flush=True)
             seed += 1
     prefix, count = sys.argv[3], int(sys.argv[4])
     for i in range(count):
-        bank.commit(record(f"{prefix}-{i}", hash((prefix, i)) % 100_000))
+        bank.commit(record(f"{prefix}-{i}", hash((prefix, i)) % 100_000), SHAPES)
 
 
 if __name__ == "__main__":

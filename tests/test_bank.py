@@ -15,7 +15,7 @@ import torch
 from adapterbank import AdapterBankError, TunedModel, create_backbone
 from adapterbank.bank.checkup import verify as checkup
 from adapterbank.bank.store import FORMAT_VERSION, Bank
-from adapterbank.bank.torch_bridge import commit, create_bank, load_tasks, task_record
+from adapterbank.bank.torch_bridge import commit, create_bank, expected_shapes, load_tasks, task_record
 from adapterbank.inspection import perturb_task_parameters
 from adapterbank.method_names import METHOD_NAMES
 from tests.conftest import images, run_cli
@@ -133,6 +133,9 @@ def test_commit_validation_leaves_bank_unchanged(bank: Bank, backbone) -> None:
     ]
     for record, fragments in cases:
         _assert_refused_unchanged(bank, lambda r=record: commit(bank, r), *fragments)
+        # the store itself is the one door: a writer that brings no shapes, or wrong ones, is refused the same way
+        expected = expected_shapes(bank.identity, good)
+        _assert_refused_unchanged(bank, lambda r=record, e=expected: bank.commit(r, e), *fragments)
     for name in ["a/b", "..", "../x", "a b", ".hidden", "", "x..y", "naïve"]:
         record = dataclasses.replace(good, name=name)
         _assert_refused_unchanged(bank, lambda r=record: commit(bank, r), "invalid task name")

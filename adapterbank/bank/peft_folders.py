@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from adapterbank.atomic_files import write_whole
 from adapterbank.bank.store import Bank, TaskRecord
 from adapterbank.errors import AdapterBankError
 from adapterbank.methods.pointwise import PointwiseDelta
@@ -95,20 +95,11 @@ def export_peft(bank: Bank, task: str, folder: str | Path) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _write_whole(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
-        _write_whole(folder / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
+        write_whole(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+        write_whole(folder / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
     except OSError as exc:
         raise AdapterBankError(f"cannot write PEFT folder '{folder}': {exc.strerror or exc}") from exc
     return folder
-
-
-def _write_whole(target: Path, write) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 PATTERN_SECONDS = 0.2  # a PEFT pattern is a regex from an untrusted file: one that backtracks for longer is refused

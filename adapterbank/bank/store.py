@@ -21,8 +21,7 @@ import json
 import math
 import os
 import re
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,15 +32,13 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_numpy_safetensors
 from safetensors.numpy import save_file as save_numpy_safetensors
 
+from adapterbank.atomic_files import TEMP_PREFIX, fsync, write_whole
 from adapterbank.bank.paths import inside, open_nofollow, regular_file
 from adapterbank.errors import AdapterBankError
 from adapterbank.method_names import METHOD_NAMES
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
-_TEMP_PREFIX = ".tmp-"
-
-
 @dataclasses.dataclass(frozen=True)
 class BackboneIdentity:
     arch: str
@@ -95,6 +92,20 @@ def check_task_name(name: str) -> None:
         )
 
 
+def check_shapes(record: TaskRecord, expected: Mapping[str, tuple[int, ...]]) -> None:
+    """Refuse a record whose tensor names or shapes differ from what its method builds (one line, by name)."""
+    for key, shape in expected.items():
+        if key not in record.shapes:
+            raise AdapterBankError(f"task '{record.name}': missing tensor '{key}'")
+        if tuple(record.shapes[key]) != tuple(shape):
+            raise AdapterBankError(
+                f"task '{record.name}': tensor '{key}' has shape {tuple(record.shapes[key])}, expected {tuple(shape)}"
+            )
+    extra = sorted(set(record.shapes) - set(expected))
+    if extra:
+        raise AdapterBankError(f"task '{record.name}': unexpected tensor '{extra[0]}' for method {record.method}")
+
+
 def tensor_checksum(array: np.ndarray) -> str:
     digest = hashlib.sha256(f"{array.dtype.str}|{array.shape}|".encode())
     digest.update(np.ascontiguousarray(array).tobytes())
@@ -104,14 +115,6 @@ def tensor_checksum(array: np.ndarray) -> str:
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
-
-def _fsync(path: Path) -> None:
-    """Flush a file's data, or a folder's entries, to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Bank:
@@ -201,7 +204,7 @@ class Bank:
         """(entry, why) for what lies under tasks/ but is no task file: links, folders, devices, bad names."""
         found = []
         for entry in sorted(inside(self.path, "tasks").iterdir()):
-            if entry.name.startswith(_TEMP_PREFIX) and regular_file(entry):
+            if entry.name.startswith(TEMP_PREFIX) and regular_file(entry):
                 continue  # a writer's temporary file
             if entry.suffix != ".h5" or not valid_task_name(entry.stem):
                 found.append((entry.name, "not a task file name (NAME.h5, NAME of letters, digits, '.', '_', '-')"))
@@ -249,16 +252,6 @@ class Bank:
                 f"bank {self.identity.fingerprint[:12]})"
             )
 
-    def verify(self) -> list[tuple[str, str]]:
-        """(task, problem) for every task that fails to load or to match its checksums; empty when all is well."""
-        problems = []
-        for name in self.tasks():
-            try:
-                self.load(name)
-            except AdapterBankError as exc:
-                problems.append((name, str(exc)))
-        return problems
-
     # ---- writing --------------------------------------------------------------------------------------------
 
     def check(self, record: TaskRecord) -> TaskRecord:
@@ -274,11 +267,13 @@ class Bank:
             if not np.isfinite(array).all():
                 raise AdapterBankError(f"{where}: tensor '{key}' has NaN or infinite values: not committed")
             tensors[key] = array
-        return dataclasses.replace(record, tensors=tensors, shapes={})
+        return dataclasses.replace(record, tensors=tensors, shapes={})  # shapes taken from the fp32 tensors
 
-    def commit(self, record: TaskRecord) -> TaskRecord:
-        """Atomically add or replace a task; returns the record as stored (with times)."""
+    def commit(self, record: TaskRecord, expected_shapes: Mapping[str, tuple[int, ...]]) -> TaskRecord:
+        """Atomically add or replace a task whose tensors have exactly `expected_shapes` (what its method builds on
+        this backbone: `torch_bridge.commit` computes them); returns the record as stored (with times)."""
         stored = self.check(record)
+        check_shapes(stored, expected_shapes)
         file = self.task_file(record.name)
         with _locked(self.path):
             previous = self._created_time(file)
@@ -293,7 +288,7 @@ class Bank:
             if not file.is_file():
                 raise AdapterBankError(f"no task '{name}' in bank '{self.path}'")
             file.unlink()
-            _fsync(file.parent)
+            fsync(file.parent)
 
     @staticmethod
     def _created_time(file: Path) -> str:
@@ -342,7 +337,7 @@ def _locked(bank: Path) -> Iterator[None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         for folder in (bank, inside(bank, "tasks", create=True)):
-            for stale in folder.glob(_TEMP_PREFIX + "*"):
+            for stale in folder.glob(TEMP_PREFIX + "*"):
                 if regular_file(stale):  # a writer's leftover; anything else there is reported by verify
                     stale.unlink(missing_ok=True)
         yield
@@ -350,20 +345,12 @@ def _locked(bank: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _atomic_write(bank: Path, target: Path, write) -> None:
-    """write(tmp) then fsync, rename over `target`, fsync the folder. Call with the bank lock held."""
-    tmp = target.parent / f"{_TEMP_PREFIX}{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+def _atomic_write(bank: Path, target: Path, write: Callable[[Path], object]) -> None:
+    """`target` appears whole or not at all (atomic_files); call with the bank lock held."""
     try:
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, target)
-        _fsync(target.parent)
+        write_whole(target, write)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise AdapterBankError(f"cannot write to bank '{bank}': {exc.strerror or exc}") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @contextlib.contextmanager

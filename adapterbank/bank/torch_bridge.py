@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from adapterbank.backbones import adapt_input_size, backbone_state, fingerprint, has_fixed_input_size
-from adapterbank.bank.store import BackboneIdentity, Bank, TaskRecord
+from adapterbank.bank.store import BackboneIdentity, Bank, TaskRecord, check_shapes
 from adapterbank.data.preprocessing import task_preprocessing
 from adapterbank.errors import AdapterBankError
 from adapterbank.tuned import TunedModel
@@ -142,20 +142,10 @@ def _shapes(arch: str, method: str, config: str, size: int, classes: int) -> tup
 
 
 def check_record_shapes(identity: BackboneIdentity, record: TaskRecord) -> None:
-    expected = expected_shapes(identity, record)
-    for key, shape in expected.items():
-        if key not in record.shapes:
-            raise AdapterBankError(f"task '{record.name}': missing tensor '{key}'")
-        if tuple(record.shapes[key]) != shape:
-            raise AdapterBankError(
-                f"task '{record.name}': tensor '{key}' has shape {tuple(record.shapes[key])}, expected {shape}"
-            )
-    extra = sorted(set(record.shapes) - set(expected))
-    if extra:
-        raise AdapterBankError(f"task '{record.name}': unexpected tensor '{extra[0]}' for method {record.method}")
+    check_shapes(record, expected_shapes(identity, record))
 
 
 def commit(bank: Bank, record: TaskRecord) -> TaskRecord:
-    """Validate against the bank, then shapes against the method, then commit atomically."""
-    check_record_shapes(bank.identity, bank.check(record))
-    return bank.commit(record)
+    """Commit atomically, refused unless the tensors are exactly what the record's method builds on this bank."""
+    bank.check(record)  # the method is a known one before a model is built from it
+    return bank.commit(record, expected_shapes(bank.identity, record))

@@ -25,6 +25,7 @@ from adapterbank.backbones import backbone_state, create_backbone
 from adapterbank.bank.torch_bridge import commit, create_bank, load_tasks, task_record
 from adapterbank.benchmarks.timing import interleaved_medians
 from adapterbank.inspection import perturb_task_parameters
+from adapterbank.methods import get_method
 from adapterbank.methods.placements import delta_targets
 from adapterbank.runtime.torch_runtime import TorchRuntime
 from adapterbank.tuned import TunedModel
@@ -157,7 +158,8 @@ def serve_benchmark(
                     runtime.cache.bytes,
                 )
             )
-            if method in ("ssf", "lora", "bitfit", "adapter", "utuning") and resident:
+            tuning = get_method(method)
+            if resident and not tuning.trains_backbone and not tuning.caches_derived_weights:  # tensors only
                 many = fill_bank(Path(folder) / f"{method}-many", backbone, arch, method, resident, classes)
                 big = TorchRuntime(Path(folder) / f"{method}-many")
                 per_task = sum(v.nbytes for v in big.bank.load(many[0]).tensors.values())

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from adapterbank.errors import AdapterBankError
+from adapterbank.methods.weight_cache import WeightCache
 from adapterbank.routing import TaskRouter
 
 
@@ -42,6 +43,9 @@ class TaskModule(nn.Module):
         """A plain module equal to this one for `task`, computed from the fp32 masters."""
         raise NotImplementedError(f"{type(self).__name__} cannot be merged")
 
+    def use_weight_cache(self, cache: WeightCache) -> None:
+        """Serve through a runtime's cache of derived weights; only modules that derive weights keep it."""
+
 
 @dataclasses.dataclass
 class MethodConfig:
@@ -63,7 +67,9 @@ class Method:
     config_type: ClassVar[type[MethodConfig]] = MethodConfig
     mergeable: ClassVar[bool] = True
     supports_mixed_tasks: ClassVar[bool] = True
-    trains_backbone: ClassVar[bool] = False
+    trains_backbone: ClassVar[bool] = False  # a task owns a whole backbone: served alone, on its own copy
+    multi_task_graph: ClassVar[bool] = True  # one ONNX graph can gather this method's tensors per sample (task_id)
+    caches_derived_weights: ClassVar[bool] = False  # serving keeps weights derived from its tensors (WeightCache)
 
     def attach(self, model: nn.Module, config: MethodConfig, router: TaskRouter) -> None:
         """Wrap the modules this method tunes (the classifier is handled by the caller)."""

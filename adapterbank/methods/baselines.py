@@ -20,6 +20,7 @@ class Full(Method):
     summary = "fine-tune every backbone weight (baseline); a task stores a whole backbone"
     supports_mixed_tasks = False
     trains_backbone = True
+    multi_task_graph = False
 
     @staticmethod
     def _body(model: nn.Module) -> dict[str, torch.Tensor]:

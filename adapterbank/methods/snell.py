@@ -218,6 +218,9 @@ class KernelSparseDelta(PointwiseDelta):
         self.drop_path = config.drop_path
         self.cache: WeightCache | None = None  # set by a runtime: merged weights reused across batches
 
+    def use_weight_cache(self, cache: WeightCache) -> None:
+        self.cache = cache
+
     def _task_delta(self, x: torch.Tensor, task: int) -> torch.Tensor:
         args = (x, self.snell_A[task], self.snell_B[task], self.alpha, self.sparsity, self.soft)
         if torch.is_grad_enabled() and self.snell_A.requires_grad:
@@ -288,6 +291,8 @@ class SNELL(Method):
     name = "snell"
     summary = "kernelized sparse weight deltas (Shen et al. 2024); merges into the backbone"
     config_type = SNELLConfig
+    multi_task_graph = False  # a graph would materialize every task's dense delta: export tasks one by one
+    caches_derived_weights = True
 
     def attach(self, model: nn.Module, config: SNELLConfig, router: TaskRouter) -> None:
         for path, splits in delta_targets(model):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 
+from adapterbank.atomic_files import publish, write_whole
 from adapterbank.bank.store import Bank, TaskRecord
 from adapterbank.data.preprocessing import task_preprocessing
 from adapterbank.export import MULTI_TASK_METHODS, export_multi_task, export_task
@@ -61,9 +61,7 @@ class ONNXRuntime:
             build(path.stem)
             manifest = path.with_suffix(".json")
             info = {**json.loads(manifest.read_text()), "built_from": built_from}
-            partial = manifest.with_name(f".{manifest.name}.{os.getpid()}")  # other processes may read the cache
-            partial.write_text(json.dumps(info, indent=2))
-            os.replace(partial, manifest)
+            write_whole(manifest, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))  # others may be reading
         return path
 
     def _sessions(self, paths: list[Path]) -> list[ort.InferenceSession]:
@@ -134,8 +132,8 @@ class ONNXRuntime:
 
     def _export_single(self, task: str, stem: str) -> None:
         result = export_task(self.bank, task, self.cache_dir)
-        result.graph.rename(self.cache_dir / f"{stem}.onnx")
-        result.manifest.rename(self.cache_dir / f"{stem}.json")
+        publish(result.graph, self.cache_dir / f"{stem}.onnx")
+        publish(result.manifest, self.cache_dir / f"{stem}.json")
 
     def task_names(self) -> list[str]:
         return list(self.tasks)

@@ -23,7 +23,8 @@ from adapterbank.backbones import adapt_input_size, has_fixed_input_size
 from adapterbank.bank.store import Bank, TaskRecord
 from adapterbank.bank.torch_bridge import load_backbone, load_record
 from adapterbank.data.preprocessing import task_preprocessing
-from adapterbank.methods.snell import KernelSparseDelta
+from adapterbank.methods import get_method
+from adapterbank.methods.base import task_modules
 from adapterbank.methods.weight_cache import WeightCache
 from adapterbank.runtime.slots import TaskSlot, load_healthy, rows_per_group
 from adapterbank.tuned import TunedModel
@@ -63,14 +64,15 @@ class TorchRuntime:
         for record in records:
             size = task_preprocessing(record.training, self.bank.identity).size if fixed_size else None
             key = json.dumps([record.method, record.config, size], sort_keys=True)
-            if record.method == "full":
-                key += record.name  # a full task owns its backbone: never shares a model
+            if get_method(record.method).trains_backbone:
+                key += record.name  # a task that owns its backbone never shares a model
             by_group.setdefault(key, []).append(record)
         groups, tasks = [], {}
         self.cache = WeightCache(self.snell_cache_bytes)
         for members in by_group.values():
             first = members[0]
-            base = copy.deepcopy(self.backbone) if first.method == "full" else share_frozen(self.backbone)
+            owns_backbone = get_method(first.method).trains_backbone
+            base = copy.deepcopy(self.backbone) if owns_backbone else share_frozen(self.backbone)
             adapt_input_size(base, task_preprocessing(first.training, self.bank.identity).size)
             model = TunedModel(
                 base,
@@ -83,9 +85,8 @@ class TorchRuntime:
             for slot, record in enumerate(members):
                 load_record(model, record, slot)
                 tasks[record.name] = TaskSlot(len(groups), slot, record.class_names, record)
-            for module in model.modules():
-                if isinstance(module, KernelSparseDelta):
-                    module.cache = self.cache
+            for _, module in task_modules(model):
+                module.use_weight_cache(self.cache)
             groups.append(model.to(self.device).eval())
         self.groups, self.tasks = groups, tasks
 

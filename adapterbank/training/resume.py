@@ -21,7 +21,6 @@ import os
 import random
 import re
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from adapterbank.atomic_files import fsync, publish, temporary_path, write_whole
 from adapterbank.bank.paths import inside, open_nofollow, regular_file
 from adapterbank.errors import AdapterBankError
 
@@ -92,16 +92,16 @@ class RunFolder:
         """Write step<N> whole (a temporary folder renamed into place), then point `latest` at it, then drop the
         older points."""
         name = f"step{step}"
-        tmp = self.folder / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+        tmp = temporary_path(self.folder / name)
         tmp.mkdir()
         try:
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "tensors.safetensors"))
             (tmp / "state.json").write_text(json.dumps({"format": FORMAT, **state}))
+            for written in tmp.iterdir():
+                fsync(written)
             shutil.rmtree(self.folder / name, ignore_errors=True)
-            os.replace(tmp, self.folder / name)
-            latest_tmp = self.folder / f".tmp-latest-{uuid.uuid4().hex[:8]}"
-            latest_tmp.write_text(json.dumps({"step": name}))
-            os.replace(latest_tmp, self.folder / "latest")
+            publish(tmp, self.folder / name)
+            write_whole(self.folder / "latest", lambda latest: latest.write_text(json.dumps({"step": name})))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         for old in self.folder.iterdir():
