@@ -10,6 +10,8 @@ from PIL import Image
 
 from adapterbank.benchmarks.plots import cell_number, find_tables, plot_markdown, series
 
+REPO = Path(__file__).resolve().parents[1]
+
 MARKDOWN = """# Results
 
 <!-- plot: speed columns=snell,ssf ylabel="ratio" hline=1.02 -->
@@ -59,3 +61,15 @@ def test_marker_must_sit_right_above_its_table() -> None:
     assert find_tables(text) == []
     with pytest.raises(ValueError, match="no column"):
         series(find_tables("<!-- plot: bad columns=nope -->\n| a | b |\n|---|---|\n| x | 1 |\n")[0])
+
+
+def test_every_marked_table_of_the_benchmarks_page_has_a_figure() -> None:
+    """The docs' markers still name real columns, and each plot is embedded beside its table."""
+    page = REPO / "docs" / "benchmarks.md"
+    tables = find_tables(page.read_text(encoding="utf-8"))
+    assert len(tables) >= 4
+    for table in tables:
+        labels, columns, values = series(table)
+        assert labels and columns and all(any(not math.isnan(v) for v in column) for column in values), table.name
+        assert f"(figures/{table.name}.png)" in page.read_text(encoding="utf-8")
+        assert (REPO / "docs" / "figures" / f"{table.name}.png").is_file()
