@@ -1,5 +1,5 @@
 """Writers of the checkpoint layouts users bring, from a timm model: each is the inverse of a documented layout
-(METHODS.md 5), so a loader round-trip proves the conversion, not a tautology."""
+(docs/methods.md#checkpoint-formats), so a loader round-trip proves the conversion, not a tautology."""
 
 from __future__ import annotations
 

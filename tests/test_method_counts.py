@@ -1,4 +1,4 @@
-"""Trainable parameter counts against the papers (METHODS.md 1.7, 2.3), and that nothing else trains."""
+"""Trainable parameter counts against the papers (docs/methods.md#parameter-counts), and that nothing else trains."""
 
 from __future__ import annotations
 

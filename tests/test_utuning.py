@@ -1,4 +1,4 @@
-"""U-Tuning family: parallel adapter, prefix, prompt (VPT-deep) and utuning (METHODS.md 3).
+"""U-Tuning family: parallel adapter, prefix, prompt (VPT-deep) and utuning (docs/methods.md#utuning).
 
 Counts against the formulas, the parallel form of the prefix against our concatenated keys and values, the prompt's
 keys-and-values form against a VPT-deep token sequence, mixed batches, the bank, ONNX export and serving.
@@ -53,7 +53,7 @@ def test_parameter_counts_on_vit_base(method: str, options: dict, expected: int)
 
 
 def test_utuning_default_is_near_the_reported_size() -> None:
-    assert abs(vit_base_count(prefix=8, prompt=8, adapter=8) / 0.36e6 - 1) < 0.06  # [VPETL]: 0.36M
+    assert abs(vit_base_count(prefix=8, prompt=8, adapter=8) / 0.36e6 - 1) < 0.06  # the V-PETL benchmark: 0.36M
 
 
 def test_only_tuner_tensors_and_head_train() -> None:
@@ -65,7 +65,7 @@ def test_only_tuner_tensors_and_head_train() -> None:
 
 def parallel_form(attn, x: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
     """U-Tuning's MHA(x) + U(x): the frozen timm module untouched, plus U(x) = W_o [lambda (A(Q,P_k,P_v) - A(Q,K,V))]
-    with lambda the share of softmax mass on the prefix (METHODS.md 3.2)."""
+    with lambda the share of softmax mass on the prefix (docs/methods.md#prefix)."""
     base = attn.base
     b, n, _ = x.shape
     q, k, v = base.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)

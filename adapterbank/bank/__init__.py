@@ -1,5 +1,5 @@
-"""The adapter bank: a crash-safe, concurrent HDF5 store of per-task parameters (torch-free; see `models` for
-the bridge to TunedModel)."""
+"""The adapter bank: a crash-safe, concurrent HDF5 store of per-task parameters (torch-free; see `torch_bridge`
+for the bridge to TunedModel)."""
 
 from adapterbank.bank.store import FORMAT_VERSION, BackboneIdentity, Bank, TaskRecord
 

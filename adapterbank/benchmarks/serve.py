@@ -1,4 +1,4 @@
-"""Mixed-task serving throughput, side by side in one run (targets: DESIGN 8).
+"""Mixed-task serving throughput, side by side in one run (targets: docs/benchmarks.md#targets).
 
 Per method, on one backbone with `tasks` tasks in a bank:
     single  a batch of one task on that task's merged weights (the ceiling: a plain timm model); for methods

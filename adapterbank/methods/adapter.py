@@ -1,4 +1,4 @@
-"""Parallel adapter (AdaptFormer, Chen et al. 2022; U-Tuning's FFN tuner, METHODS.md 3.2):
+"""Parallel adapter (AdaptFormer, Chen et al. 2022; U-Tuning's FFN tuner; docs/methods.md#adapter):
 x -> OP(x) + s * W_up GELU(W_down x + b_down) + b_up, beside every MLP (ViT, Swin, ConvNeXt) or residual block (CNN).
 
 W_up starts at zero, so a new task starts as the frozen backbone. The GELU keeps it from merging.
@@ -21,7 +21,7 @@ from adapterbank.routing import TaskRouter
 
 @dataclasses.dataclass
 class AdapterConfig(MethodConfig):
-    dim: int = 8  # bottleneck width: Adapter-8 of SNELL's baseline table (METHODS.md 4)
+    dim: int = 8  # bottleneck width: Adapter-8 of SNELL's baseline table (docs/methods.md#adapter)
     scale: float = 0.1  # AdaptFormer's s
 
     def validate(self) -> None:

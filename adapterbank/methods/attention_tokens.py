@@ -1,4 +1,4 @@
-"""Self-attention with per-task extra keys and values: U-Tuning's prefix and prompt tuners (METHODS.md 3.2-3.3).
+"""Self-attention with per-task extra keys and values: U-Tuning's prefix and prompt tuners (docs/methods.md#prefix).
 
 * prefix: learned keys and values P_k, P_v (L x D per block), concatenated to K and V inside one softmax, as the
   released ModelScope code; this equals the parallel form MHA(x) + U(x) of U-Tuning (tests/test_utuning.py).

@@ -1,11 +1,11 @@
-"""Where each method attaches, per backbone family (METHODS.md 1.3, 2.1).
+"""Where each method attaches, per backbone family (docs/methods.md#placements).
 
 SSF: after every Linear/Conv/LayerNorm of ViT, Swin and ConvNeXt (the released placements); in BatchNorm
 networks after every norm layer instead of the conv before it, since a conv without bias cannot absorb a shift.
 Deltas (SNELL, LoRA): q, k, v, proj, fc1, fc2 for ViT and Swin (fused qkv split into three matrices);
 fc1, fc2 for ConvNeXt; every Linear and 1x1 conv for generic CNNs.
-U-Tuning (METHODS.md 3): prefixes and prompts extend the keys and values of every ViT/Swin self-attention; the
-parallel adapter sits beside every MLP (ViT, Swin, ConvNeXt) or, in CNNs, every residual block.
+U-Tuning (docs/methods.md#utuning): prefixes and prompts extend the keys and values of every ViT/Swin
+self-attention; the parallel adapter sits beside every MLP (ViT, Swin, ConvNeXt) or, in CNNs, every residual block.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SNELL (Shen et al., NeurIPS 2024): sparse tuning with kernelized LoRA (METHODS.md 1).
+"""SNELL (Shen et al., NeurIPS 2024): sparse tuning with kernelized LoRA (docs/methods.md#snell).
 
 Per matrix, low-rank A (P, n, r/P) and B (P, m, r/P) define a full-rank delta through the piecewise-linear distance
 kernel S = sum_p alpha_p * cdist(A_p, B_p) with P = 2, alpha = (+0.1, -0.1). Every forward keeps only the (1 - s)

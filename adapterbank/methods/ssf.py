@@ -1,4 +1,4 @@
-"""SSF (Lian et al., NeurIPS 2022): y = gamma * op(x) + beta after every Linear/Conv/norm (METHODS.md 2)."""
+"""SSF (Lian et al., NeurIPS 2022): y = gamma * op(x) + beta after every Linear/Conv/norm (docs/methods.md#ssf)."""
 
 from __future__ import annotations
 

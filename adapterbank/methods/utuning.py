@@ -1,6 +1,6 @@
-"""U-Tuning's attention tuners and the combined method (METHODS.md 3): prefix, prompt (VPT-deep), and `utuning`
-(prefix + prompt on attention, parallel adapter on the MLP, as the released U-Tuning model). None of them merges:
-the extra keys, values and the adapter's GELU stay in the exported graph.
+"""U-Tuning's attention tuners and the combined method (docs/methods.md#utuning): prefix, prompt (VPT-deep), and
+`utuning` (prefix + prompt on attention, parallel adapter on the MLP, as the released U-Tuning model). None of them
+merges: the extra keys, values and the adapter's GELU stay in the exported graph.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class PrefixConfig(MethodConfig):
 
 @dataclasses.dataclass
 class PromptConfig(MethodConfig):
-    length: int = 10  # VPT's most frequent prompt length [UNVERIFIED per task, METHODS.md 3.4]
+    length: int = 10  # VPT's most frequent prompt length (not verified per task; docs/methods.md#prompt)
 
     def validate(self) -> None:
         check_positive_int("prompt length", self.length)
@@ -51,8 +51,8 @@ class PromptConfig(MethodConfig):
 
 @dataclasses.dataclass
 class UTuningConfig(MethodConfig):
-    """The release's configuration.json is unverified (METHODS.md 3.4); 8/8/8 gives 0.378M trainable values on
-    ViT-B/16 without the head, next to the 0.36M [VPETL] reports."""
+    """The release's configuration.json is not public (docs/methods.md#utuning); 8/8/8 gives 0.378M trainable values
+    on ViT-B/16 without the head, next to the 0.36M the V-PETL benchmark reports."""
 
     prefix_length: int = 8
     prompt_length: int = 8

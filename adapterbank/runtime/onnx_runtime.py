@@ -41,7 +41,7 @@ class ONNXRuntime:
         self, bank: str | Path | Bank, tasks: Sequence[str] | None = None, share_initializers: bool = False
     ) -> None:
         """`share_initializers`: hand initializers that several graphs hold to every session once. Off by default:
-        on CPU it measured more resident memory, not less (README, `bench onnx-memory`)."""
+        on CPU it measured more resident memory, not less (docs/benchmarks.md#onnx-runtime-memory)."""
         self.bank = bank if isinstance(bank, Bank) else Bank(bank)
         self.only = list(tasks) if tasks is not None else None
         self.share = share_initializers

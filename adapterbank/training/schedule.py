@@ -1,4 +1,4 @@
-"""Learning-rate schedules (METHODS 1.5, 2.4): linear warm-up from a small start, then cosine to a floor.
+"""Learning-rate schedules (docs/training.md#schedules): linear warm-up from a small start, then cosine to a floor.
 
 "step": the lr changes every optimizer step (warm-up, then a cosine over the remaining steps).
 "epoch": the lr is constant within an epoch and follows timm's CosineLRScheduler stepped once per epoch, as both
