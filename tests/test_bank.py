@@ -18,7 +18,7 @@ from adapterbank.bank.store import FORMAT_VERSION, Bank
 from adapterbank.bank.torch_bridge import commit, create_bank, expected_shapes, load_tasks, task_record
 from adapterbank.inspection import perturb_task_parameters
 from adapterbank.method_names import METHOD_NAMES
-from tests.conftest import images, run_cli
+from tests.helpers import cli_in_process, images
 
 ARCH = "vit_tiny_patch16_224"
 ALL_METHODS = list(METHOD_NAMES)
@@ -178,21 +178,21 @@ def test_other_backbone_bank_refused(bank: Bank) -> None:
 
 def test_cli_ls_show_rm_verify(bank: Bank, backbone) -> None:
     commit(bank, task_record(tuned(backbone, "lora"), "flowers", metrics={"accuracy": 0.9}))
-    listing = run_cli("bank", "ls", "--bank", str(bank.path), "--json")
+    listing = cli_in_process("bank", "ls", "--bank", str(bank.path), "--json")
     assert listing.returncode == 0, listing.stderr
     rows = {row["task"]: row for row in json.loads(listing.stdout)}
     assert set(rows) == {"keeper", "flowers"}
     assert rows["flowers"]["method"] == "lora" and rows["flowers"]["value"] == 0.9
     assert rows["flowers"]["params"] == bank.load("flowers").num_values
-    table = run_cli("bank", "ls", "--bank", str(bank.path))
+    table = cli_in_process("bank", "ls", "--bank", str(bank.path))
     assert "flowers" in table.stdout and "accuracy 0.9" in table.stdout
-    show = run_cli("bank", "show", "flowers", "--bank", str(bank.path), "--json")
+    show = cli_in_process("bank", "show", "flowers", "--bank", str(bank.path), "--json")
     assert json.loads(show.stdout)["config"]["rank"] == 8
-    assert run_cli("bank", "verify", "--bank", str(bank.path)).returncode == 0
+    assert cli_in_process("bank", "verify", "--bank", str(bank.path)).returncode == 0
     bank.task_file("flowers").write_bytes(b"broken")
-    bad = run_cli("bank", "verify", "--bank", str(bank.path))
+    bad = cli_in_process("bank", "verify", "--bank", str(bank.path))
     assert bad.returncode == 1 and "flowers" in bad.stderr and "1 tasks ok, 1 bad" in bad.stdout
-    assert run_cli("bank", "rm", "flowers", "--bank", str(bank.path)).returncode == 0
+    assert cli_in_process("bank", "rm", "flowers", "--bank", str(bank.path)).returncode == 0
     assert bank.tasks() == ["keeper"]
 
 
@@ -208,7 +208,7 @@ def test_cli_errors_are_one_line(bank: Bank, args: list[str], fragment: str) -> 
     if "--bank" not in args:
         args = [*args, "--bank", str(bank.path)]
     before = snapshot(bank.path)
-    result = run_cli(*args)
+    result = cli_in_process(*args)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and fragment in result.stderr
     assert snapshot(bank.path) == before

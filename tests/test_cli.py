@@ -9,21 +9,11 @@ import timm
 
 from adapterbank.method_names import METHOD_NAMES
 from tests import checkpoint_formats as fmt
-from tests.conftest import run_cli
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
+from tests.helpers import assert_one_line_error, cli_in_process, run_cli
 
 
 def test_inspect_shows_every_method_merging_on_real_weights() -> None:
-    result = run_cli("inspect")
+    result = cli_in_process("inspect")
     assert result.returncode == 0, result.stderr
     for method in ("snell", "ssf", "lora", "bitfit", "linear", "full"):
         row = next(line for line in result.stdout.splitlines() if f" {method} " in line)
@@ -62,7 +52,7 @@ def test_inspect_shows_every_method_merging_on_real_weights() -> None:
     ],
 )
 def test_bad_input_is_one_line(args: list[str], fragments: list[str]) -> None:
-    assert_one_line_error(run_cli(*args), *fragments)
+    assert_one_line_error(cli_in_process(*args), *fragments)
 
 
 @pytest.mark.parametrize(
@@ -82,7 +72,9 @@ def test_usage_errors_are_one_line_with_exit_2(args: list[str], fragments: list[
 
 def test_misfit_checkpoint_from_cli(tmp_path: Path) -> None:
     fmt.write_timm_pth(timm.create_model("vit_tiny_patch16_224"), tmp_path / "tiny.pth")
-    result = run_cli("inspect", "--backbone", "vit_small_patch16_224", "--checkpoint", str(tmp_path / "tiny.pth"))
+    result = cli_in_process(
+        "inspect", "--backbone", "vit_small_patch16_224", "--checkpoint", str(tmp_path / "tiny.pth")
+    )
     assert_one_line_error(result, "does not fit vit_small_patch16_224", "cls_token")
 
 

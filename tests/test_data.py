@@ -13,7 +13,7 @@ from adapterbank import AdapterBankError
 from adapterbank.data import detect_layout, open_dataset
 from adapterbank.data.images import ImageDataset, check_headers
 from adapterbank.data.preprocessing import Preprocessing
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
 TRANSFORM = Preprocessing(32, "direct", 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3).eval_transform()

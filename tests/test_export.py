@@ -20,7 +20,7 @@ from adapterbank.bank.torch_bridge import commit, create_bank, load_tasks, task_
 from adapterbank.export import export_multi_task, export_task, graph_stats, sha256_file, to_onnx
 from adapterbank.inspection import perturb_task_parameters
 from adapterbank.ort_sessions import session
-from tests.conftest import FAMILIES, MERGEABLE, images, run_cli
+from tests.helpers import FAMILIES, MERGEABLE, cli_in_process, images
 
 CLASSES = 6
 MANIFEST_KEYS = {
@@ -135,9 +135,13 @@ def test_multi_task_refusals(tmp_path: Path) -> None:
     bank, backbone = _bank_with_tasks(tmp_path, "vit_tiny_patch16_224", "ssf", [4, 4])
     commit(bank, task_record(TunedModel(copy.deepcopy(backbone), bank.identity.arch, "snell", [4]), "sparse"))
     commit(bank, task_record(TunedModel(copy.deepcopy(backbone), bank.identity.arch, "lora", [4]), "lowrank"))
-    result = run_cli("export", "--multi-task", "t0,sparse", "--bank", str(bank.path), "--out", str(tmp_path / "o"))
+    result = cli_in_process(
+        "export", "--multi-task", "t0,sparse", "--bank", str(bank.path), "--out", str(tmp_path / "o")
+    )
     assert result.returncode == 2 and "snell" in result.stderr and result.stderr.count("\n") == 1
-    result = run_cli("export", "--multi-task", "t0,lowrank", "--bank", str(bank.path), "--out", str(tmp_path / "o"))
+    result = cli_in_process(
+        "export", "--multi-task", "t0,lowrank", "--bank", str(bank.path), "--out", str(tmp_path / "o")
+    )
     assert result.returncode == 2 and "mix methods" in result.stderr
     assert not (tmp_path / "o").exists()
 
@@ -156,12 +160,12 @@ def test_bad_input_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     ]
     (tmp_path / "f.txt").write_text("a file where a folder should be")
     for args, fragment in cases:
-        result = run_cli(*args, "--out", str(out)) if "--out" not in args else run_cli(*args)
+        result = cli_in_process(*args, "--out", str(out)) if "--out" not in args else cli_in_process(*args)
         assert result.returncode == 2, result.stderr
         assert fragment in result.stderr and result.stderr.count("\n") == 1
     with h5py.File(bank.task_file("t0"), "r+") as f:
         f.attrs["fingerprint"] = "0" * 64
-    result = run_cli("export", "--task", "t0", "--bank", str(bank.path), "--out", str(out))
+    result = cli_in_process("export", "--task", "t0", "--bank", str(bank.path), "--out", str(out))
     assert result.returncode == 2 and "another backbone" in result.stderr
     assert not out.exists() or not list(out.iterdir())
 
@@ -176,7 +180,7 @@ def test_failed_parity_leaves_no_files(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_cli_export_writes_graph_and_manifest(tmp_path: Path) -> None:
     bank, _ = _bank_with_tasks(tmp_path, "convnext_atto", "bitfit", [4])
-    result = run_cli(
+    result = cli_in_process(
         "export", "--task", "t0", "--onnx", "--bank", str(bank.path), "--out", str(tmp_path / "out"), "--batch", "1"
     )  # a one-image parity batch still gives a dynamic-batch graph
     assert result.returncode == 0, result.stderr

@@ -15,8 +15,7 @@ from adapterbank import AdapterBankError, TunedModel, create_backbone
 from adapterbank.bank.store import Bank
 from adapterbank.bank.torch_bridge import commit, create_bank, task_record
 from adapterbank.training.resume import RunFolder
-from tests.conftest import SHARED_DATA, run_cli
-from tests.test_training import train_args
+from tests.helpers import SHARED_DATA, cli_in_process, one_line_error, run_cli, train_args
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
 
@@ -31,13 +30,6 @@ class _Payload:
         return (Path.write_text, (self.marker, "code ran"))
 
 
-def _one_line_error(result) -> str:
-    assert result.returncode == 2, result.stderr[-1500:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-1500:]
-    return lines[0]
-
-
 @pytest.mark.slow
 def test_resume_never_unpickles_a_planted_checkpoint(convnext_weights: Path, tmp_path: Path) -> None:
     """A DeepSpeed-style run folder with a pickle that runs code: `train --resume` refuses it without loading."""
@@ -48,10 +40,10 @@ def test_resume_never_unpickles_a_planted_checkpoint(convnext_weights: Path, tmp
     for name in ("mp_rank_00_model_states.pt", "tensors.safetensors", "state.json"):
         (point / name).write_bytes(pickle.dumps({"rng": _Payload(marker)}))
     result = run_cli(*train_args(convnext_weights, bank, "job", "--method", "ssf", "--max-steps", "1", "--resume"))
-    assert "rerun without --resume" in _one_line_error(result)
+    assert "rerun without --resume" in one_line_error(result)
     (bank / ".runs" / "job" / "latest").write_text('{"step": "step4"}')  # now names it: the files are not JSON
     result = run_cli(*train_args(convnext_weights, bank, "job", "--method", "ssf", "--max-steps", "1", "--resume"))
-    assert "rerun without --resume" in _one_line_error(result)
+    assert "rerun without --resume" in one_line_error(result)
     assert not marker.exists()
 
 
@@ -64,7 +56,7 @@ def test_runs_link_out_of_the_bank_is_refused(convnext_weights: Path, tmp_path: 
     bank.mkdir()
     (bank / ".runs").symlink_to(outside)
     result = run_cli(*train_args(convnext_weights, bank, "job", "--method", "ssf", "--max-steps", "1"))
-    assert "symbolic link" in _one_line_error(result)
+    assert "symbolic link" in one_line_error(result)
     assert (outside / "job" / "keep.txt").read_text() == "mine"
 
 
@@ -99,7 +91,7 @@ def test_a_second_training_of_the_same_task_is_refused(convnext_weights: Path, t
     runs.save(3, {"model/w": torch.zeros(2)}, {"step": 3})
     with runs.locked():
         result = run_cli(*train_args(convnext_weights, bank, "job", "--method", "ssf", "--max-steps", "1"))
-        assert "being trained by another process" in _one_line_error(result)
+        assert "being trained by another process" in one_line_error(result)
     assert runs.load() is not None  # the first run's resume point is intact
     assert Bank(bank).tasks() == ["other"]
 
@@ -115,7 +107,7 @@ def test_method_options_from_the_command_line_are_used_or_refused(convnext_weigh
     assert result.returncode == 0, result.stderr[-1500:]
     assert {"rank": 4, "sparsity": 0.7}.items() <= Bank(bank).load("r", with_tensors=False).config.items()
     bad = run_cli(*train_args(convnext_weights, bank, "r2", "--method", "snell", "-o", "rank=abc"))
-    assert "rank" in _one_line_error(bad)
+    assert "rank" in one_line_error(bad)
 
 
 @pytest.mark.slow
@@ -242,7 +234,7 @@ def test_bank_ls_and_predict_list_and_isolate_a_broken_task(fuzz_bank: Path, tmp
     bank_dir = tmp_path / "bank"
     shutil.copytree(fuzz_bank, bank_dir)
     _corrupt(bank_dir / "tasks" / "victim.h5", "truncate", np.random.default_rng(0))
-    listing = run_cli("bank", "ls", "--bank", str(bank_dir), "--json")
+    listing = cli_in_process("bank", "ls", "--bank", str(bank_dir), "--json")
     assert listing.returncode == 0, listing.stderr[-1500:]
     rows = {row["task"]: row for row in json.loads(listing.stdout)}
     assert rows["victim"]["method"] == "BAD" and rows["good_ssf"]["method"] == "ssf"
@@ -268,9 +260,9 @@ def test_a_bank_without_bank_h5_is_not_overwritten_and_repairs(fuzz_bank: Path, 
     with pytest.raises(AdapterBankError, match="verify --repair"):
         create_bank(bank_dir, create_backbone("test_vit"), "test_vit", "random-init")
     assert (bank_dir / "backbone.safetensors").read_bytes() == backbone_bytes and not (bank_dir / "bank.h5").exists()
-    wrong = run_cli("bank", "verify", "--repair", "--arch", "test_vit", "--bank", str(bank_dir))
-    assert "pass the right --arch" in _one_line_error(wrong)
-    fixed = run_cli("bank", "verify", "--repair", "--arch", "test_resnet", "--bank", str(bank_dir))
+    wrong = cli_in_process("bank", "verify", "--repair", "--arch", "test_vit", "--bank", str(bank_dir))
+    assert "pass the right --arch" in one_line_error(wrong)
+    fixed = cli_in_process("bank", "verify", "--repair", "--arch", "test_resnet", "--bank", str(bank_dir))
     assert fixed.returncode == 0, fixed.stderr[-1500:]
     assert sorted(Bank(bank_dir).tasks()) == sorted(FUZZ_METHODS) and "3 tasks ok" in fixed.stdout
 
@@ -300,18 +292,18 @@ def test_verify_checks_the_backbone_file_and_the_graph_cache(fuzz_bank: Path, tm
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(again, expected, strict=True))
     data = bytearray((bank_dir / "backbone.safetensors").read_bytes())
     (bank_dir / "backbone.safetensors").write_bytes(bytes(data[: len(data) // 2]))
-    report = run_cli("bank", "verify", "--bank", str(bank_dir))
+    report = cli_in_process("bank", "verify", "--bank", str(bank_dir))
     assert report.returncode == 1 and "bad: backbone.safetensors" in report.stderr
     (bank_dir / "backbone.safetensors").write_bytes(b"\xff" * 8 + b"{not json")  # a corrupt header
     (tmp_path / "req.csv").write_text("x.png,good_ssf\n")
-    assert "backbone.safetensors" in _one_line_error(
+    assert "backbone.safetensors" in one_line_error(
         run_cli("predict", str(tmp_path / "req.csv"), "--bank", str(bank_dir))
     )
 
 
 def test_long_task_names_are_refused_before_training(convnext_weights: Path, tmp_path: Path) -> None:
     result = run_cli(*train_args(convnext_weights, tmp_path / "bank", "t" * 240, "--method", "ssf"))
-    assert "at most 200" in _one_line_error(result)
+    assert "at most 200" in one_line_error(result)
     assert not (tmp_path / "bank").exists()
 
 
@@ -324,11 +316,11 @@ def test_predict_out_is_whole_or_absent(fuzz_bank: Path, tmp_path: Path) -> None
 
     from PIL import Image
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "x.png")
     (tmp_path / "req.csv").write_text("".join("x.png,good_ssf\n" for _ in range(20000)))
-    assert "must name a file" in _one_line_error(
+    assert "must name a file" in one_line_error(
         run_cli("predict", str(tmp_path / "req.csv"), "--bank", str(fuzz_bank), "--out", str(tmp_path))
     )
     out = tmp_path / "answers.csv"
@@ -432,16 +424,18 @@ def test_images_decode_to_the_range_they_mean_and_hostile_files_are_row_errors(t
 def test_bad_training_numbers_are_refused_before_any_work(flag: str, value: str, fragment: str, tmp_path: Path) -> None:
     result = run_cli("train", "--task", "t", "--method", "ssf", "--data", str(tmp_path), flag, value,
                      "--bank", str(tmp_path / "bank"))  # fmt: skip
-    assert fragment in _one_line_error(result) and not (tmp_path / "bank").exists()
+    assert fragment in one_line_error(result) and not (tmp_path / "bank").exists()
 
 
 def test_export_refuses_an_opset_it_cannot_write_and_a_name_with_a_path(fuzz_bank: Path, tmp_path: Path) -> None:
-    opset = run_cli("export", "--task", "good_ssf", "--bank", str(fuzz_bank), "--out", str(tmp_path), "--opset", "17")
-    assert "opset 17" in _one_line_error(opset)
-    named = run_cli(
+    opset = cli_in_process(
+        "export", "--task", "good_ssf", "--bank", str(fuzz_bank), "--out", str(tmp_path), "--opset", "17"
+    )
+    assert "opset 17" in one_line_error(opset)
+    named = cli_in_process(
         "export", "--multi-task", "good_ssf", "--name", "a/b", "--bank", str(fuzz_bank), "--out", str(tmp_path)
     )
-    assert "graph name 'a/b'" in _one_line_error(named)
+    assert "graph name 'a/b'" in one_line_error(named)
     assert not list(tmp_path.iterdir())
 
 
@@ -479,7 +473,7 @@ def test_hostile_peft_folders_are_one_line_errors(change: dict, fragment: str, t
     config = config if isinstance(config, list) else {"peft_type": "LORA", "r": rank, "lora_alpha": 4, **config}
     (folder / "adapter_config.json").write_text(json.dumps(config))
     result = run_cli("bank", "import-peft", str(folder), "--task", "p", "--bank", str(bank.path))
-    assert fragment in _one_line_error(result)
+    assert fragment in one_line_error(result)
     assert bank.tasks() == []
 
 
@@ -511,7 +505,7 @@ def test_stored_configs_cannot_make_a_runtime_allocate(fuzz_bank: Path, tmp_path
     assert set(TorchRuntime(bank).task_names()) == {*FUZZ_METHODS, "scored"}
     with pytest.raises(AdapterBankError, match="no task 'typo'"):
         TorchRuntime(bank, tasks=["good_ssf", "typo"])  # asked for by name: a missing task is an error
-    listing = run_cli("bank", "ls", "--bank", str(bank_dir))
+    listing = cli_in_process("bank", "ls", "--bank", str(bank_dir))
     assert listing.returncode == 0 and "scored" in listing.stdout, listing.stderr[-1500:]
 
 
@@ -533,4 +527,4 @@ def test_verify_prunes_graphs_of_replaced_tasks(fuzz_bank: Path, tmp_path: Path)
 
 def test_a_binary_request_file_is_one_line(fuzz_bank: Path, tmp_path: Path) -> None:
     (tmp_path / "req.csv").write_bytes(bytes(range(256)) * 4)
-    assert "not a UTF-8 CSV" in _one_line_error(run_cli("predict", str(tmp_path / "req.csv"), "--bank", str(fuzz_bank)))
+    assert "not a UTF-8 CSV" in one_line_error(run_cli("predict", str(tmp_path / "req.csv"), "--bank", str(fuzz_bank)))

@@ -8,13 +8,7 @@ import torch
 
 from adapterbank import tune
 from adapterbank.inspection import perturb_task_parameters, same_structure
-from tests.conftest import FAMILIES, MERGEABLE, images
-
-
-def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:
-    """Within tol of the logit scale, and absolute for logits below 1 (float32 rounding is not relative to them)."""
-    scale = expected.abs().max().clamp_min(1.0)
-    assert ((actual - expected).abs().max() / scale).item() <= tol
+from tests.helpers import FAMILIES, MERGEABLE, assert_close_relative, images
 
 
 @pytest.mark.parametrize("arch", FAMILIES)

@@ -9,8 +9,7 @@ import torch
 
 from adapterbank import AdapterBankError, TunedModel, create_backbone, tune
 from adapterbank.inspection import perturb_task_parameters
-from tests.conftest import FAMILIES, MERGEABLE, images
-from tests.test_merge import assert_close_relative
+from tests.helpers import FAMILIES, MERGEABLE, assert_close_relative, images
 
 CLASSES = [5, 3, 7]
 TASK_IDS = torch.tensor([2, 0, 1, 2])

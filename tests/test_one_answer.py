@@ -30,7 +30,7 @@ from adapterbank.export import VerifyData, export_task
 from adapterbank.inspection import perturb_task_parameters
 from adapterbank.runtime import ONNXRuntime, TorchRuntime
 from adapterbank.runtime.requests import answer, read_requests
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 
 pytestmark = [
     pytest.mark.slow,

@@ -14,7 +14,7 @@ peft = pytest.importorskip("peft")
 from adapterbank import TunedModel, create_backbone  # noqa: E402
 from adapterbank.bank.torch_bridge import commit, create_bank, load_backbone, load_tasks, task_record  # noqa: E402
 from adapterbank.inspection import perturb_task_parameters  # noqa: E402
-from tests.conftest import images, run_cli  # noqa: E402
+from tests.helpers import cli_in_process, images  # noqa: E402
 
 CLASSES = 6
 
@@ -36,7 +36,7 @@ def test_exported_task_loads_in_peft_with_same_logits(tmp_path: Path, arch: str)
     tuned = TunedModel(copy.deepcopy(backbone), arch, "lora", [CLASSES], {"rank": 4, "alpha": 8.0}).eval()
     perturb_task_parameters(tuned, std=0.05)
     commit(bank, task_record(tuned, "cars"))
-    result = run_cli("bank", "export-peft", "cars", str(tmp_path / "peft"), "--bank", str(bank.path))
+    result = cli_in_process("bank", "export-peft", "cars", str(tmp_path / "peft"), "--bank", str(bank.path))
     assert result.returncode == 0, result.stderr
     model = peft.PeftModel.from_pretrained(timm_model_from_bank(bank), str(tmp_path / "peft")).eval()
     x = images(2)
@@ -65,7 +65,9 @@ def test_peft_folder_imports_with_same_logits(tmp_path: Path, use_rslora: bool) 
     x = images(2)
     with torch.no_grad():
         expected = model.eval()(x)
-    result = run_cli("bank", "import-peft", str(tmp_path / "peft"), "--task", "imported", "--bank", str(bank.path))
+    result = cli_in_process(
+        "bank", "import-peft", str(tmp_path / "peft"), "--task", "imported", "--bank", str(bank.path)
+    )
     assert result.returncode == 0, result.stderr
     loaded, [record] = load_tasks(bank, ["imported"])
     assert record.method == "lora" and record.config["rank"] == 4
@@ -78,11 +80,11 @@ def test_refusals_are_one_line(tmp_path: Path) -> None:
     backbone = create_backbone(arch)
     bank = create_bank(tmp_path / "bank", backbone, arch, "random-init")
     commit(bank, task_record(TunedModel(copy.deepcopy(backbone), arch, "ssf", [CLASSES]), "scaled"))
-    result = run_cli("bank", "export-peft", "scaled", str(tmp_path / "out"), "--bank", str(bank.path))
+    result = cli_in_process("bank", "export-peft", "scaled", str(tmp_path / "out"), "--bank", str(bank.path))
     assert result.returncode == 2 and "only LoRA tasks" in result.stderr and not (tmp_path / "out").exists()
     config = peft.LoraConfig(r=2, target_modules=["proj"], modules_to_save=["head"])
     model = peft.get_peft_model(timm_model_from_bank(bank), config)
     model.save_pretrained(str(tmp_path / "peft"))
-    result = run_cli("bank", "import-peft", str(tmp_path / "peft"), "--task", "x", "--bank", str(bank.path))
+    result = cli_in_process("bank", "import-peft", str(tmp_path / "peft"), "--task", "x", "--bank", str(bank.path))
     assert result.returncode == 2 and "patch_embed.proj" in result.stderr and "placements" in result.stderr
     assert bank.tasks() == ["scaled"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from adapterbank.data import open_dataset
-from tests.conftest import SHARED_DATA, run_cli
+from tests.helpers import SHARED_DATA, run_cli
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
 DATASETS = {

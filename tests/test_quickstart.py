@@ -9,7 +9,7 @@ import pytest
 
 from adapterbank.bank.store import Bank
 from adapterbank.data import open_dataset
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.mark.slow

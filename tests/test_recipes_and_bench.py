@@ -11,7 +11,7 @@ from adapterbank import AdapterBankError
 from adapterbank.method_names import METHOD_NAMES
 from adapterbank.recipes import load_recipe
 from adapterbank.training.settings import resolve
-from tests.conftest import SHARED_DATA, run_cli
+from tests.helpers import SHARED_DATA, run_cli
 
 
 def test_vtab_recipe_follows_snell_script_and_flags_override() -> None:

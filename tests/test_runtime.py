@@ -15,8 +15,7 @@ from adapterbank.bank.torch_bridge import commit, create_bank, load_tasks, task_
 from adapterbank.inspection import perturb_task_parameters
 from adapterbank.methods.snell import KernelSparseDelta
 from adapterbank.runtime import TorchRuntime
-from tests.conftest import images
-from tests.test_merge import assert_close_relative
+from tests.helpers import assert_close_relative, images
 
 ARCH = "convnext_atto"  # exports fastest of the four families
 TASKS = {

@@ -7,7 +7,7 @@ import torch
 
 from adapterbank import AdapterBankError, tune
 from adapterbank.methods.snell import KernelSparseDelta
-from tests.conftest import images
+from tests.helpers import images
 
 
 def snell_modules(model) -> list[KernelSparseDelta]:

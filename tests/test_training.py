@@ -16,40 +16,16 @@ import torch
 from adapterbank.bank.store import Bank
 from adapterbank.bank.torch_bridge import load_tasks
 from adapterbank.evaluation import evaluate_task
-from tests.conftest import REPO, SHARED_DATA, run_cli
+from tests.helpers import REPO, SHARED_DATA, TRAIN_DATA, run_cli, train_args
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
-DATA = SHARED_DATA / "vtab-1k" / "pneumonia"
+DATA = TRAIN_DATA
 
 
 @pytest.fixture
 def checkpoint(convnext_weights: Path) -> Path:
     return convnext_weights
 
-
-def train_args(checkpoint: Path, bank: Path, task: str, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--task",
-        task,
-        "--data",
-        str(DATA),
-        "--backbone",
-        "convnext_atto",
-        "--checkpoint",
-        str(checkpoint),
-        "--bank",
-        str(bank),
-        "--image-size",
-        "64",
-        "--batch-size",
-        "16",
-        "--lr",
-        "1e-3",
-        "--workers",
-        "0",
-        *extra,
-    ]
 
 
 @pytest.mark.slow

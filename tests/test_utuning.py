@@ -21,8 +21,7 @@ from adapterbank.export import export_multi_task, export_task, graph_stats
 from adapterbank.inspection import perturb_task_parameters
 from adapterbank.ort_sessions import session
 from adapterbank.runtime import TorchRuntime
-from tests.conftest import images
-from tests.test_merge import assert_close_relative
+from tests.helpers import assert_close_relative, images
 
 VIT = "vit_tiny_patch16_224"
 SWIN = "swin_tiny_patch4_window7_224"

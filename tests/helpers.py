@@ -1,0 +1,118 @@
+"""What several test modules share: running the CLI (in a fresh process, or in this one), inputs, and checks."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+TRAIN_DATA = SHARED_DATA / "vtab-1k" / "pneumonia"  # the small real task CLI training tests share
+
+FAMILIES = ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "convnext_atto", "tf_efficientnet_lite0"]
+MERGEABLE = ["snell", "ssf", "lora", "bitfit"]
+
+# commands that change process-wide state (DeepSpeed's process group, the allocator): only run_cli runs them
+PROCESS_OWNERS = {"train", "predict", "bench", "quickstart"}
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `adapterbank ARGS` as a user would, in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        timeout=900,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def cli_in_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `adapterbank ARGS` through the same entry point and error handling in this process: no process start
+    and torch import per call (seconds each). Commands that change process-wide state go through run_cli."""
+    from cli.main import main
+
+    command = next((a for a in args if not a.startswith("-")), "")
+    if command in PROCESS_OWNERS:
+        raise ValueError(f"`{command}` changes process-wide state: use run_cli")
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with _working_directory(cwd or REPO), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return subprocess.CompletedProcess(["adapterbank", *args], code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def images(n: int, size: int = 224, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:
+    """Within tol of the logit scale, and absolute for logits below 1 (float32 rounding is not relative to them)."""
+    scale = expected.abs().max().clamp_min(1.0)
+    assert ((actual - expected).abs().max() / scale).item() <= tol
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """A failed command printed exactly one line, `error: ...`, holding every fragment, and no traceback."""
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The one `error:` line of a user error (exit code 2) among other output, e.g. a progress bar."""
+    assert result.returncode == 2, result.stderr[-1500:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-1500:]
+    return lines[0]
+
+
+def train_args(checkpoint: Path, bank: Path, task: str, *extra: str) -> list[str]:
+    """`adapterbank train` of VTAB-1k pneumonia on convnext_atto at 64 px."""
+    return [
+        "train",
+        "--task",
+        task,
+        "--data",
+        str(TRAIN_DATA),
+        "--backbone",
+        "convnext_atto",
+        "--checkpoint",
+        str(checkpoint),
+        "--bank",
+        str(bank),
+        "--image-size",
+        "64",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-3",
+        "--workers",
+        "0",
+        *extra,
+    ]
