@@ -22,7 +22,7 @@ import onnx
 import torch
 from torch import nn
 
-from adapterbank.backbones import has_fixed_input_size
+from adapterbank.anatomy import has_fixed_input_size
 from adapterbank.bank.store import Bank, TaskRecord, valid_task_name
 from adapterbank.bank.torch_bridge import load_tasks
 from adapterbank.data.preprocessing import Preprocessing, task_preprocessing

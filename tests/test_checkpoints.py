@@ -11,7 +11,7 @@ import timm
 import torch
 
 from adapterbank import AdapterBankError, create_backbone, fingerprint, load_checkpoint
-from adapterbank.backbones import backbone_state
+from adapterbank.anatomy import backbone_state
 from adapterbank.packaged_weights import packaged_checkpoint
 from tests import checkpoint_formats as fmt
 
