@@ -8,29 +8,27 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch import nn
 
-from adapterbank.backbones import adapt_input_size, check_input_size, create_backbone, fingerprint
+from adapterbank.backbones import adapt_input_size
 from adapterbank.bank.store import Bank
-from adapterbank.bank.torch_bridge import commit, create_bank, load_backbone, task_record
+from adapterbank.bank.torch_bridge import commit, task_record
 from adapterbank.data import open_dataset
 from adapterbank.data.images import ImageDataset, check_headers, unwrap_worker_error
 from adapterbank.data.layouts import Dataset
 from adapterbank.data.preprocessing import resolve_preprocessing
 from adapterbank.errors import AdapterBankError
-from adapterbank.packaged_weights import packaged_checkpoint
+from adapterbank.training.backbone import BackboneChoice, choose_backbone, open_or_create_bank
 from adapterbank.training.batches import epoch_batches, steps_per_epoch
 from adapterbank.training.distributed import ProcessInfo, barrier, setup_process
 from adapterbank.training.ema import TaskEma
 from adapterbank.training.objective import Objective
 from adapterbank.training.resume import RunFolder, load_optimizer_state, optimizer_state, rng_state, set_rng_state
 from adapterbank.training.schedule import epoch_cosine, warmup_cosine
-from adapterbank.training.settings import DEFAULT_BACKBONE, TrainSettings
+from adapterbank.training.settings import TrainSettings
 from adapterbank.tuned import TunedModel
 
 
@@ -74,43 +72,6 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def _checkpoint_label(settings: TrainSettings) -> str:
-    if settings.checkpoint is None:
-        return "timm-pretrained"
-    return "packaged" if settings.checkpoint == "packaged" else Path(settings.checkpoint).name
-
-
-def _build_backbone(settings: TrainSettings, arch: str) -> nn.Module:
-    weights = packaged_checkpoint() if settings.checkpoint == "packaged" else settings.checkpoint
-    return create_backbone(arch, checkpoint=weights, pretrained=weights is None)
-
-
-def open_or_create_bank(settings: TrainSettings, info: ProcessInfo) -> tuple[Bank, nn.Module]:
-    """The bank's backbone if the bank exists (checked against --backbone/--checkpoint), else a new bank."""
-    path = Path(settings.bank)
-    if (path / "bank.h5").is_file():
-        bank = Bank(path)
-        arch = bank.identity.arch
-        if settings.backbone and settings.backbone.split(".")[0] != arch.split(".")[0]:
-            raise AdapterBankError(f"bank '{path}' holds {arch}, not {settings.backbone}; use another --bank")
-        if settings.image_size:
-            check_input_size(arch, settings.image_size)
-        if settings.checkpoint is not None:
-            given = _build_backbone(settings, arch)
-            if fingerprint(given, arch) != bank.identity.fingerprint:
-                raise AdapterBankError(f"--checkpoint weights differ from the backbone of bank '{path}'")
-        return bank, load_backbone(bank, settings.drop_path_rate)
-    arch = settings.backbone or DEFAULT_BACKBONE
-    if settings.image_size:
-        check_input_size(arch, settings.image_size)  # before the bank is created
-    if info.is_main:
-        backbone = _build_backbone(settings, arch)
-        create_bank(path, backbone, arch, _checkpoint_label(settings))
-    barrier()
-    bank = Bank(path)
-    return bank, load_backbone(bank, settings.drop_path_rate)
 
 
 def _loaders(
@@ -208,7 +169,8 @@ class Run:
 
 def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainResult:
     """Train one task and commit it to the bank (rank 0). Resumable after a kill with settings.resume."""
-    run = _set_up(settings, reporter or SilentReporter())
+    choice = choose_backbone(settings)
+    run = _set_up(settings, choice, reporter or SilentReporter())
     with run.runs.locked() if run.info.is_main else contextlib.nullcontext():  # one training per task at a time
         state = {"step": 0, "epoch": 0, "batch": 0, "evaluations": []}
         if settings.resume:
@@ -229,7 +191,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
     return result
 
 
-def _set_up(settings: TrainSettings, reporter: Reporter) -> Run:
+def _set_up(settings: TrainSettings, choice: BackboneChoice, reporter: Reporter) -> Run:
     """Data, backbone (from or into the bank), the task's model, optimizer, schedule and DeepSpeed engine."""
     info = setup_process()  # before deepspeed is imported: it picks its accelerator at import time
     import deepspeed
@@ -237,7 +199,7 @@ def _set_up(settings: TrainSettings, reporter: Reporter) -> Run:
     random.seed(settings.seed)  # Python's and NumPy's generators (timm Mixup draws from NumPy) start from --seed
     np.random.seed(settings.seed % 2**32)
     dataset = open_dataset(settings.data)
-    bank, backbone = open_or_create_bank(settings, info)
+    bank, backbone = open_or_create_bank(settings, choice, info)
     train_set, eval_set, resolved = _loaders(dataset, settings, bank)
     adapt_input_size(backbone, resolved["image_size"])
     torch.manual_seed(settings.seed)
