@@ -354,7 +354,7 @@ def verify_export(
     the same files preprocessed by `contract` (the bank's record of how the task was evaluated); refuse (nothing
     is published) when the accuracies differ by more than 0.5 points or the labels on more than 1% of images."""
     from adapterbank.data.images import ImageDataset
-    from adapterbank.training.trainer import eval_loader
+    from adapterbank.evaluation import eval_loader
 
     split, pairs = samples
     from_manifest = Preprocessing.from_dict(info["preprocessing"]).eval_transform()

@@ -6,7 +6,6 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -17,12 +16,14 @@ from adapterbank.backbones import adapt_input_size
 from adapterbank.bank.store import Bank
 from adapterbank.bank.torch_bridge import commit, task_record
 from adapterbank.data import open_dataset
-from adapterbank.data.images import ImageDataset, check_headers, unwrap_worker_error
+from adapterbank.data.images import ImageDataset, check_headers, loader_batches
 from adapterbank.data.layouts import Dataset
 from adapterbank.data.preprocessing import resolve_preprocessing
 from adapterbank.errors import AdapterBankError
+from adapterbank.evaluation import eval_loader, evaluate
 from adapterbank.training.backbone import BackboneChoice, choose_backbone, open_or_create_bank
 from adapterbank.training.batches import epoch_batches, steps_per_epoch
+from adapterbank.training.devices import autocast, device_for
 from adapterbank.training.distributed import ProcessInfo, barrier, setup_process
 from adapterbank.training.ema import TaskEma
 from adapterbank.training.objective import Objective
@@ -63,17 +64,6 @@ class TrainResult:
     evaluations: list[dict[str, float]] = field(default_factory=list)
 
 
-def device_for(info: ProcessInfo) -> torch.device:
-    return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 compute on GPUs that support it; parameters (the fp32 masters the bank stores) stay fp32."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _loaders(
     dataset: Dataset, settings: TrainSettings, bank: Bank
 ) -> tuple[ImageDataset, ImageDataset, dict[str, Any]]:
@@ -108,39 +98,6 @@ def _loaders(
         "preprocessing": contract.to_dict(),
     }
     return train, evaluation, resolved
-
-
-def eval_loader(dataset: ImageDataset, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
-    """In order; with a generator of its own, so evaluating never moves the global random state."""
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, generator=torch.Generator().manual_seed(0)
-    )
-
-
-@torch.no_grad()
-def evaluate(model: TunedModel, loader: torch.utils.data.DataLoader, device: torch.device) -> tuple[float, int]:
-    """Top-1 accuracy of a single-task model and the number of samples."""
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    try:
-        for images, labels in loader:
-            with autocast(device):
-                logits = model(images.to(device))
-            correct += int((logits.argmax(-1).cpu() == labels).sum())
-            total += len(labels)
-    except AdapterBankError as exc:
-        raise unwrap_worker_error(exc) from exc
-    finally:
-        model.train(was_training)
-    return correct / max(total, 1), total
-
-
-def _batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    try:
-        yield from loader
-    except AdapterBankError as exc:
-        raise unwrap_worker_error(exc) from exc
 
 
 @dataclass
@@ -264,7 +221,7 @@ def _epoch(run: Run, state: dict[str, Any]) -> None:
         run.train_set, batch_sampler=batches, num_workers=settings.num_workers, generator=generator
     )
     tick = time.perf_counter()
-    for images, labels in _batches(loader):
+    for images, labels in loader_batches(loader):
         images, labels = images.to(run.device), labels.to(run.device)
         inputs, targets = run.objective.prepare(images, labels)
         with autocast(run.device):
