@@ -13,7 +13,7 @@ _EXPORTS = {
     "METHODS": "adapterbank.methods",
     "get_method": "adapterbank.methods",
     "create_backbone": "adapterbank.backbones",
-    "fingerprint": "adapterbank.backbones",
+    "fingerprint": "adapterbank.anatomy",
     "list_backbones": "adapterbank.backbones",
     "load_checkpoint": "adapterbank.checkpoints",
     "TunedModel": "adapterbank.tuned",

@@ -1,26 +1,21 @@
-"""Backbones: timm models created by name, their family, classifier location and a fingerprint of frozen weights."""
+"""Backbones: timm models created by name (with weights from a local file if given) and sized for a task's images.
+
+What a created model is made of (classifier, frozen tensors, family, fingerprint) is `adapterbank.anatomy`.
+"""
 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import warnings
 from pathlib import Path
-from typing import Literal
 
 import timm
 import torch
 from torch import nn
 
+from adapterbank.anatomy import has_fixed_input_size
+from adapterbank.checkpoints import load_checkpoint
 from adapterbank.errors import AdapterBankError
-
-Family = Literal["vit", "swin", "convnext", "cnn"]
-
-_FAMILY_BY_CLASS: dict[str, Family] = {
-    "VisionTransformer": "vit",
-    "SwinTransformer": "swin",
-    "ConvNeXt": "convnext",
-}
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
@@ -55,28 +50,9 @@ def create_backbone(arch: str, checkpoint: str | Path | None = None, pretrained:
             ) from exc
         raise
     if checkpoint is not None:
-        from adapterbank.checkpoints import load_checkpoint
-
         load_checkpoint(model, checkpoint)
     model.eval()
     return model
-
-
-def family_of(model: nn.Module) -> Family:
-    """The method placement family: ViT, Swin, ConvNeXt, or any other network treated as a generic CNN."""
-    for cls in type(model).__mro__:
-        if cls.__name__ in _FAMILY_BY_CLASS:
-            return _FAMILY_BY_CLASS[cls.__name__]
-    return "cnn"
-
-
-FIXED_SIZE_FAMILIES: tuple[Family, ...] = ("vit", "swin")  # position embeddings / windows tied to the input size
-
-
-def has_fixed_input_size(model: nn.Module) -> bool:
-    """Whether the backbone's weights are tied to one input size (then tasks of other sizes need their own copy of
-    the size-dependent tensors; CNNs and ConvNeXt take any size as they are)."""
-    return family_of(model) in FIXED_SIZE_FAMILIES
 
 
 def adapt_input_size(model: nn.Module, size: int) -> None:
@@ -109,35 +85,3 @@ def check_input_size(arch: str, size: int) -> None:
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise AdapterBankError(f"{arch} cannot take {size} px images: {first}") from exc
-
-
-def classifier_path(model: nn.Module) -> str:
-    """Dotted path of the classifier module (e.g. 'head', 'head.fc', 'classifier')."""
-    path = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
-    if not path:
-        raise AdapterBankError(f"cannot find the classifier of {type(model).__name__}; not a timm classifier model")
-    return path
-
-
-def is_head_key(key: str, head: str) -> bool:
-    return key == head or key.startswith(head + ".")
-
-
-def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The backbone's own weights: everything but the classifier and BatchNorm step counters."""
-    head = classifier_path(model)
-    return {
-        k: v
-        for k, v in model.state_dict().items()
-        if not is_head_key(k, head) and not k.endswith("num_batches_tracked")
-    }
-
-
-def fingerprint(model: nn.Module, arch: str) -> str:
-    """sha256 over the architecture name and every frozen backbone tensor (name, dtype, shape, bytes)."""
-    digest = hashlib.sha256(arch.encode())
-    for name, tensor in sorted(backbone_state(model).items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
-from adapterbank.backbones import backbone_state, classifier_path, is_head_key
+from adapterbank.anatomy import backbone_state, classifier_path, is_head_key
 from adapterbank.errors import AdapterBankError
 
 _CONTAINER_KEYS = ("model", "state_dict", "module", "model_state", "model_state_dict")

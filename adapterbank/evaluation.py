@@ -1,4 +1,5 @@
-"""Accuracy of a banked task on a dataset split, preprocessed exactly as in its training run."""
+"""Top-1 accuracy: of a model over a loader (during training), and of a banked task on a dataset split,
+preprocessed exactly as in its training run."""
 
 from __future__ import annotations
 
@@ -10,10 +11,35 @@ import torch
 from adapterbank.bank.store import Bank, TaskRecord
 from adapterbank.bank.torch_bridge import load_tasks
 from adapterbank.data import open_dataset
-from adapterbank.data.images import ImageDataset, check_headers
+from adapterbank.data.images import ImageDataset, check_headers, loader_batches
 from adapterbank.data.preprocessing import task_preprocessing
 from adapterbank.errors import AdapterBankError
-from adapterbank.training.trainer import eval_loader, evaluate
+from adapterbank.training.devices import autocast
+from adapterbank.tuned import TunedModel
+
+
+def eval_loader(dataset: ImageDataset, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
+    """In order; with a generator of its own, so evaluating never moves the global random state."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, generator=torch.Generator().manual_seed(0)
+    )
+
+
+@torch.no_grad()
+def evaluate(model: TunedModel, loader: torch.utils.data.DataLoader, device: torch.device) -> tuple[float, int]:
+    """Top-1 accuracy of a single-task model and the number of samples."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        for images, labels in loader_batches(loader):
+            with autocast(device):
+                logits = model(images.to(device))
+            correct += int((logits.argmax(-1).cpu() == labels).sum())
+            total += len(labels)
+    finally:
+        model.train(was_training)
+    return correct / max(total, 1), total
 
 
 def labelled_split(data: str | Path, split: str | None, record: TaskRecord) -> tuple[str, list[tuple[Path, int]]]:

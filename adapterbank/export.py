@@ -20,8 +20,8 @@ import onnx
 import torch
 from torch import nn
 
+from adapterbank.anatomy import has_fixed_input_size
 from adapterbank.atomic_files import publish, temporaries
-from adapterbank.backbones import has_fixed_input_size
 from adapterbank.bank.store import Bank, TaskRecord, valid_task_name
 from adapterbank.bank.torch_bridge import load_tasks
 from adapterbank.data.preprocessing import Preprocessing, task_preprocessing
@@ -344,7 +344,7 @@ def verify_export(
     the same files preprocessed by `contract` (the bank's record of how the task was evaluated); refuse (nothing
     is published) when the accuracies differ by more than 0.5 points or the labels on more than 1% of images."""
     from adapterbank.data.images import ImageDataset
-    from adapterbank.training.trainer import eval_loader
+    from adapterbank.evaluation import eval_loader
 
     split, pairs = samples
     from_manifest = Preprocessing.from_dict(info["preprocessing"]).eval_transform()

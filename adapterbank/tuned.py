@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from adapterbank.backbones import classifier_path, create_backbone, fingerprint
+from adapterbank.anatomy import classifier_path, fingerprint
+from adapterbank.backbones import create_backbone
 from adapterbank.errors import AdapterBankError
 from adapterbank.methods import get_method, make_config
 from adapterbank.methods.base import task_modules

@@ -159,15 +159,15 @@ def serve(
     snell_cache_mb: int = typer.Option(4096, min=0, help="Budget of SNELL's merged-weight cache."),
 ) -> None:
     """Mixed-task batch throughput against single-task merged weights, the naive loop, and PEFT; memory."""
-    from adapterbank.allocator import keep_freed_memory
     from adapterbank.benchmarks.serve import serve_benchmark
-
-    heap = "freed memory kept in the heap" if keep_freed_memory() else "default allocator"
+    from adapterbank.process import serving_process
 
     names = [m for m in methods.split(",") if m]
-    rows, memory = serve_benchmark(
-        backbone, names, tasks, batch, rounds, resident, snell_cache_bytes=snell_cache_mb << 20
-    )
+    with serving_process() as kept:
+        rows, memory = serve_benchmark(
+            backbone, names, tasks, batch, rounds, resident, snell_cache_bytes=snell_cache_mb << 20
+        )
+    heap = "freed memory kept in the heap" if kept else "default allocator"
     table = Table(
         "method",
         "single-task merged img/s",

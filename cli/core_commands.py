@@ -7,7 +7,7 @@ from rich.table import Table
 
 from adapterbank.errors import AdapterBankError
 from adapterbank.method_names import METHOD_NAMES
-from adapterbank.packaged_weights import PACKAGED_ARCH, packaged_checkpoint
+from adapterbank.packaged_weights import PACKAGED_ARCH
 from cli.output import console, human_count
 
 
@@ -49,18 +49,14 @@ def inspect(
     from adapterbank.backbones import create_backbone
     from adapterbank.inspection import inspect_method
     from adapterbank.methods import METHODS, get_method
+    from adapterbank.weight_specs import resolve_weights
 
     names = list(METHOD_NAMES) if method == "all" else [m.strip() for m in method.split(",")]
     for name in names:
         get_method(name)
-    if checkpoint == "packaged":
-        if backbone != PACKAGED_ARCH:
-            raise AdapterBankError(f"packaged weights are for {PACKAGED_ARCH}; pass --checkpoint FILE or 'none'")
-        weights = packaged_checkpoint()
-    else:
-        weights = None if checkpoint == "none" else checkpoint
+    weights = resolve_weights(checkpoint, backbone)
     torch.manual_seed(seed)
-    model = create_backbone(backbone, checkpoint=weights)
+    model = create_backbone(backbone, checkpoint=weights.path, pretrained=weights.pretrained)
     size = model.pretrained_cfg.get("input_size", (3, 224, 224))
     images = torch.randn(2, *size, generator=torch.Generator().manual_seed(seed))
     table = Table(
@@ -83,7 +79,7 @@ def inspect(
         diff = "n/a" if report.max_logit_diff is None else f"{report.max_logit_diff:.2e}"
         share = 100.0 * report.trainable / report.backbone_params
         table.add_row(name, human_count(report.trainable), f"{share:.3f}%", human_count(report.head), same, diff)
-    table.caption = f"{backbone} ({'random init' if weights is None else weights}); task tensors randomly perturbed"
+    table.caption = f"{backbone} ({weights.path or 'random init'}); task tensors randomly perturbed"
     console.print(table)
 
 

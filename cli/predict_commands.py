@@ -28,11 +28,17 @@ def predict(
     ),
 ) -> None:
     """Predict a batch stream mixing many tasks; rows come back in input order. Exit 1 if any row failed."""
-    from adapterbank.allocator import keep_freed_memory
+    from adapterbank.process import serving_process
+
+    with serving_process():  # this process serves batch after batch: reuse their memory instead of faulting it in
+        _predict(requests, bank, out, backend, batch_size, top_k, snell_cache_mb)
+
+
+def _predict(
+    requests: Path, bank: Path, out: Path | None, backend: str, batch_size: int, top_k: int, snell_cache_mb: int
+) -> None:
     from adapterbank.runtime import ONNXRuntime, TorchRuntime
     from adapterbank.runtime.requests import answer, read_requests
-
-    keep_freed_memory()  # this process serves batch after batch: reuse their memory instead of faulting it in
 
     if backend not in ("torch", "onnx"):
         raise AdapterBankError(f"unknown backend '{backend}': choose torch or onnx")

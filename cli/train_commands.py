@@ -73,7 +73,9 @@ def train(
     method: str = typer.Option(..., "--method", help="See `adapterbank methods`."),
     data: Path = typer.Option(..., "--data", help="Dataset folder (VTAB-1k lists, FGVC json, ImageFolder, CSV)."),
     backbone: str | None = typer.Option(None, help="timm name (default: the bank's, or ViT-B/16 IN-21k)."),
-    checkpoint: str | None = typer.Option(None, help="Backbone weights file, or 'packaged' (EfficientNet-Lite0)."),
+    checkpoint: str | None = typer.Option(
+        None, help="Backbone weights file, 'packaged' (EfficientNet-Lite0) or 'none' (random init); default: timm's."
+    ),
     bank: Path = typer.Option(Path("bank"), "--bank", help="Bank folder."),
     epochs: int | None = typer.Option(None),
     batch_size: int | None = typer.Option(None, "--batch-size"),
@@ -98,7 +100,6 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this task."),
 ) -> None:
     """Train a task with DeepSpeed and commit it to the bank."""
-    from adapterbank.errors import AdapterBankError
     from adapterbank.methods import get_method
     from adapterbank.training.settings import resolve
     from adapterbank.training.trainer import train as run
@@ -130,8 +131,6 @@ def train(
     )
     flag_options = {k: v for k, v in (("rank", rank), ("sparsity", sparsity)) if v is not None}
     settings = resolve(flags, {**parse_options(option), **flag_options})  # --rank/--sparsity win over -o
-    if settings.checkpoint and settings.checkpoint != "packaged" and not Path(settings.checkpoint).is_file():
-        raise AdapterBankError(f"checkpoint '{settings.checkpoint}' does not exist")
     main = os.environ.get("RANK", "0") == "0"
     reporter = ProgressReporter() if main else None
     try:

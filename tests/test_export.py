@@ -15,7 +15,7 @@ import timm
 import torch
 
 from adapterbank import TunedModel, create_backbone
-from adapterbank.backbones import backbone_state
+from adapterbank.anatomy import backbone_state
 from adapterbank.bank.torch_bridge import commit, create_bank, load_tasks, task_record
 from adapterbank.export import export_multi_task, export_task, graph_stats, sha256_file, to_onnx
 from adapterbank.inspection import perturb_task_parameters

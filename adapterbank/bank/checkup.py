@@ -16,7 +16,8 @@ import timm
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from adapterbank.backbones import check_backbone_name, fingerprint
+from adapterbank.anatomy import fingerprint
+from adapterbank.backbones import check_backbone_name
 from adapterbank.bank.paths import inside
 from adapterbank.bank.store import Bank, orphaned, restore_identity, task_fingerprints
 from adapterbank.bank.torch_bridge import identity_of, load_backbone

@@ -14,7 +14,8 @@ import timm
 import torch
 from torch import nn
 
-from adapterbank.backbones import adapt_input_size, backbone_state, fingerprint, has_fixed_input_size
+from adapterbank.anatomy import backbone_state, fingerprint, has_fixed_input_size
+from adapterbank.backbones import adapt_input_size
 from adapterbank.bank.store import BackboneIdentity, Bank, TaskRecord, check_shapes
 from adapterbank.data.preprocessing import task_preprocessing
 from adapterbank.errors import AdapterBankError

@@ -12,7 +12,8 @@ import numpy as np
 import timm
 import torch
 
-from adapterbank.backbones import backbone_state, create_backbone
+from adapterbank.anatomy import backbone_state
+from adapterbank.backbones import create_backbone
 from adapterbank.benchmarks.timing import interleaved_medians
 from adapterbank.export import graph_stats, to_onnx
 from adapterbank.inspection import perturb_task_parameters

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from adapterbank.backbones import backbone_state, create_backbone
+from adapterbank.anatomy import backbone_state
+from adapterbank.backbones import create_backbone
 from adapterbank.bank.torch_bridge import commit, create_bank, load_tasks, task_record
 from adapterbank.benchmarks.timing import interleaved_medians
 from adapterbank.inspection import perturb_task_parameters

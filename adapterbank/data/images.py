@@ -126,3 +126,11 @@ def unwrap_worker_error(exc: AdapterBankError) -> AdapterBankError:
         return exc
     last = text.strip().splitlines()[-1]
     return AdapterBankError(last.split("AdapterBankError: ", 1)[-1])
+
+
+def loader_batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A loader's batches; an error raised in one of its workers comes out as its own line."""
+    try:
+        yield from loader
+    except AdapterBankError as exc:
+        raise unwrap_worker_error(exc) from exc

@@ -15,7 +15,7 @@ from timm.models.swin_transformer import SwinTransformerBlock
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from adapterbank.backbones import classifier_path, family_of, is_head_key
+from adapterbank.anatomy import classifier_path, family_of, is_head_key
 from adapterbank.errors import AdapterBankError
 from adapterbank.methods.modules import AFFINE_TYPES, NORM_TYPES, channel_dim, has_weight_and_bias, is_pointwise
 

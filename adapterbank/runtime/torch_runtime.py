@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from adapterbank.backbones import adapt_input_size, has_fixed_input_size
+from adapterbank.anatomy import has_fixed_input_size
+from adapterbank.backbones import adapt_input_size
 from adapterbank.bank.store import Bank, TaskRecord
 from adapterbank.bank.torch_bridge import load_backbone, load_record
 from adapterbank.data.preprocessing import task_preprocessing

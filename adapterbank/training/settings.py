@@ -21,7 +21,7 @@ class TrainSettings:
     data: str
     bank: str = "bank"
     backbone: str | None = None  # None: the bank's backbone, or DEFAULT_BACKBONE for a new bank
-    checkpoint: str | None = None  # a weights file, or 'packaged' for EfficientNet-Lite0's pip package
+    checkpoint: str | None = None  # weight spec (adapterbank.weight_specs): file, 'packaged', 'none'; None: timm's
     epochs: int = 100
     batch_size: int = 32
     lr: float = 1e-3

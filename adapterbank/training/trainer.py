@@ -1,4 +1,4 @@
-"""The DeepSpeed training loop: data, backbone from (or into) the bank, engine, evaluation, resume, commit."""
+"""The DeepSpeed training loop: engine set-up, resume, epochs (steps, evaluation, resume points), commit."""
 
 from __future__ import annotations
 
@@ -6,31 +6,32 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch import nn
 
-from adapterbank.backbones import adapt_input_size, check_input_size, create_backbone, fingerprint
+from adapterbank.backbones import adapt_input_size
 from adapterbank.bank.store import Bank
-from adapterbank.bank.torch_bridge import commit, create_bank, load_backbone, task_record
+from adapterbank.bank.torch_bridge import commit, task_record
 from adapterbank.data import open_dataset
-from adapterbank.data.images import ImageDataset, check_headers, unwrap_worker_error
+from adapterbank.data.images import ImageDataset, loader_batches
 from adapterbank.data.layouts import Dataset
-from adapterbank.data.preprocessing import resolve_preprocessing
 from adapterbank.errors import AdapterBankError
-from adapterbank.packaged_weights import packaged_checkpoint
+from adapterbank.evaluation import eval_loader, evaluate
+from adapterbank.process import training_process
+from adapterbank.training.backbone import BackboneChoice, choose_backbone, open_or_create_bank
 from adapterbank.training.batches import epoch_batches, steps_per_epoch
-from adapterbank.training.distributed import ProcessInfo, barrier, setup_process
+from adapterbank.training.devices import autocast, device_for
+from adapterbank.training.distributed import ProcessInfo, barrier
 from adapterbank.training.ema import TaskEma
 from adapterbank.training.objective import Objective
-from adapterbank.training.resume import RunFolder, load_optimizer_state, optimizer_state, rng_state, set_rng_state
+from adapterbank.training.random_state import rng_state, set_rng_state
+from adapterbank.training.resume import RunFolder, load_optimizer_state, optimizer_state
 from adapterbank.training.schedule import epoch_cosine, warmup_cosine
-from adapterbank.training.settings import DEFAULT_BACKBONE, TrainSettings
+from adapterbank.training.settings import TrainSettings
+from adapterbank.training.task_data import task_datasets
 from adapterbank.tuned import TunedModel
 
 
@@ -65,123 +66,6 @@ class TrainResult:
     evaluations: list[dict[str, float]] = field(default_factory=list)
 
 
-def device_for(info: ProcessInfo) -> torch.device:
-    return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 compute on GPUs that support it; parameters (the fp32 masters the bank stores) stay fp32."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _checkpoint_label(settings: TrainSettings) -> str:
-    if settings.checkpoint is None:
-        return "timm-pretrained"
-    return "packaged" if settings.checkpoint == "packaged" else Path(settings.checkpoint).name
-
-
-def _build_backbone(settings: TrainSettings, arch: str) -> nn.Module:
-    weights = packaged_checkpoint() if settings.checkpoint == "packaged" else settings.checkpoint
-    return create_backbone(arch, checkpoint=weights, pretrained=weights is None)
-
-
-def open_or_create_bank(settings: TrainSettings, info: ProcessInfo) -> tuple[Bank, nn.Module]:
-    """The bank's backbone if the bank exists (checked against --backbone/--checkpoint), else a new bank."""
-    path = Path(settings.bank)
-    if (path / "bank.h5").is_file():
-        bank = Bank(path)
-        arch = bank.identity.arch
-        if settings.backbone and settings.backbone.split(".")[0] != arch.split(".")[0]:
-            raise AdapterBankError(f"bank '{path}' holds {arch}, not {settings.backbone}; use another --bank")
-        if settings.image_size:
-            check_input_size(arch, settings.image_size)
-        if settings.checkpoint is not None:
-            given = _build_backbone(settings, arch)
-            if fingerprint(given, arch) != bank.identity.fingerprint:
-                raise AdapterBankError(f"--checkpoint weights differ from the backbone of bank '{path}'")
-        return bank, load_backbone(bank, settings.drop_path_rate)
-    arch = settings.backbone or DEFAULT_BACKBONE
-    if settings.image_size:
-        check_input_size(arch, settings.image_size)  # before the bank is created
-    if info.is_main:
-        backbone = _build_backbone(settings, arch)
-        create_bank(path, backbone, arch, _checkpoint_label(settings))
-    barrier()
-    bank = Bank(path)
-    return bank, load_backbone(bank, settings.drop_path_rate)
-
-
-def _loaders(
-    dataset: Dataset, settings: TrainSettings, bank: Bank
-) -> tuple[ImageDataset, ImageDataset, dict[str, Any]]:
-    """Train and eval sets, and the resolved preprocessing (recorded with the task so eval can repeat it)."""
-    train_split, eval_split = dataset.default_splits()
-    train_split, eval_split = settings.train_split or train_split, settings.eval_split or eval_split
-    train_samples, eval_samples = dataset.split(train_split), dataset.split(eval_split)
-    if len({label for _, label in train_samples}) < 2:
-        raise AdapterBankError(f"split '{train_split}' of '{dataset.root}' has a single class: check its labels")
-    check_headers(train_samples)
-    check_headers(eval_samples)
-    size = settings.image_size or bank.identity.input_size[-1]
-    augment = settings.augment or ("none" if dataset.layout == "vtab" else "fgvc")
-    contract = resolve_preprocessing(
-        augment,
-        size,
-        bank.identity,
-        mean=settings.mean,
-        std=settings.std,
-        interpolation=settings.interpolation,
-        crop_pct=settings.crop_pct,
-    )
-    crop_interpolation = settings.train_interpolation or contract.interpolation
-    train_transform = contract.train_transform(augment, crop_interpolation, settings.random_erase)
-    train = ImageDataset(train_samples, train_transform, seed=settings.seed)
-    evaluation = ImageDataset(eval_samples, contract.eval_transform())
-    resolved = {
-        "train_split": train_split,
-        "eval_split": eval_split,
-        "image_size": size,
-        "augment": augment,
-        "preprocessing": contract.to_dict(),
-    }
-    return train, evaluation, resolved
-
-
-def eval_loader(dataset: ImageDataset, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
-    """In order; with a generator of its own, so evaluating never moves the global random state."""
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, generator=torch.Generator().manual_seed(0)
-    )
-
-
-@torch.no_grad()
-def evaluate(model: TunedModel, loader: torch.utils.data.DataLoader, device: torch.device) -> tuple[float, int]:
-    """Top-1 accuracy of a single-task model and the number of samples."""
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    try:
-        for images, labels in loader:
-            with autocast(device):
-                logits = model(images.to(device))
-            correct += int((logits.argmax(-1).cpu() == labels).sum())
-            total += len(labels)
-    except AdapterBankError as exc:
-        raise unwrap_worker_error(exc) from exc
-    finally:
-        model.train(was_training)
-    return correct / max(total, 1), total
-
-
-def _batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    try:
-        yield from loader
-    except AdapterBankError as exc:
-        raise unwrap_worker_error(exc) from exc
-
-
 @dataclass
 class Run:
     """The parts of one training run that its steps share."""
@@ -207,38 +91,32 @@ class Run:
 
 
 def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainResult:
-    """Train one task and commit it to the bank (rank 0). Resumable after a kill with settings.resume."""
-    run = _set_up(settings, reporter or SilentReporter())
-    with run.runs.locked() if run.info.is_main else contextlib.nullcontext():  # one training per task at a time
-        state = {"step": 0, "epoch": 0, "batch": 0, "evaluations": []}
-        if settings.resume:
-            state = _resume(run) or state
-        resumed_from = state["step"]
-        run.reporter.start(run.total, state["step"])
-        started = time.perf_counter()
-        run.engine.train()
-        while state["step"] < run.total:
-            _epoch(run, state)
-        seconds = time.perf_counter() - started
-        split = run.resolved["eval_split"]
-        result = TrainResult(settings.task, 0.0, 0, split, state["step"], seconds, resumed_from, state["evaluations"])
-        if run.info.is_main:
-            _commit(run, state, result)
-            run.runs.clear()
-    barrier()
+    """Train one task and commit it to the bank (rank 0). Resumable after a kill with settings.resume. The process
+    is a DeepSpeed job for this call only (`adapterbank.process.training_process`)."""
+    choice = choose_backbone(settings)  # before DeepSpeed starts: a wrong backbone or weights file fails at once
+    with training_process() as info:
+        run = _set_up(settings, choice, info, reporter or SilentReporter())
+        with run.runs.locked() if info.is_main else contextlib.nullcontext():  # one training per task at a time
+            state = (_resume(run) if settings.resume else None) or _fresh_state()
+            result = _train_epochs(run, state)
+            if info.is_main:
+                _commit(run, state, result)
+        barrier()
     return result
 
 
-def _set_up(settings: TrainSettings, reporter: Reporter) -> Run:
-    """Data, backbone (from or into the bank), the task's model, optimizer, schedule and DeepSpeed engine."""
-    info = setup_process()  # before deepspeed is imported: it picks its accelerator at import time
-    import deepspeed
+def _fresh_state() -> dict[str, Any]:
+    """A run's position (step, epoch, batch within it) and its evaluations so far: what a resume point restores."""
+    return {"step": 0, "epoch": 0, "batch": 0, "evaluations": []}
 
+
+def _set_up(settings: TrainSettings, choice: BackboneChoice, info: ProcessInfo, reporter: Reporter) -> Run:
+    """Data, backbone (from or into the bank), the task's model, optimizer, schedule and DeepSpeed engine."""
     random.seed(settings.seed)  # Python's and NumPy's generators (timm Mixup draws from NumPy) start from --seed
     np.random.seed(settings.seed % 2**32)
     dataset = open_dataset(settings.data)
-    bank, backbone = open_or_create_bank(settings, info)
-    train_set, eval_set, resolved = _loaders(dataset, settings, bank)
+    bank, backbone = open_or_create_bank(settings, choice, info)
+    train_set, eval_set, resolved = task_datasets(dataset, settings, bank)
     adapt_input_size(backbone, resolved["image_size"])
     torch.manual_seed(settings.seed)
     classes = [len(dataset.class_names)]
@@ -246,27 +124,12 @@ def _set_up(settings: TrainSettings, reporter: Reporter) -> Run:
         backbone, bank.identity.arch, settings.method, classes, settings.options, bank.identity.fingerprint
     )
     per_epoch = steps_per_epoch(len(train_set), settings.batch_size, info.world_size)
-    cosine_end = per_epoch * settings.epochs
-    planned = cosine_end + int(settings.cooldown_epochs * per_epoch)
     optimizer = torch.optim.AdamW(model.param_groups(settings.weight_decay), lr=settings.lr, eps=1e-8)
-    lrs = (settings.lr, settings.min_lr, settings.warmup_lr)
-    if settings.schedule == "epoch":
-        scheduler = epoch_cosine(optimizer, per_epoch, settings.epochs, settings.warmup_epochs, *lrs)
-    else:
-        warmup = min(int(settings.warmup_epochs * per_epoch), cosine_end // 2)
-        scheduler = warmup_cosine(optimizer, cosine_end, warmup, *lrs)
+    scheduler = _scheduler(optimizer, settings, per_epoch)
     ema = TaskEma([p for _, p in model.trainable_parameters()], settings.ema_decay) if settings.ema_decay else None
-    config = {
-        "train_micro_batch_size_per_gpu": settings.batch_size,
-        "gradient_accumulation_steps": 1,
-        "steps_per_print": 10**9,
-        "zero_optimization": {"stage": 0},
-        "wall_clock_breakdown": False,
-    }
     device = device_for(info)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model.to(device), optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False
-    )
+    engine = _engine(model.to(device), optimizer, scheduler, settings.batch_size)
+    planned = per_epoch * settings.epochs + int(settings.cooldown_epochs * per_epoch)
     return Run(
         settings=settings,
         info=info,
@@ -289,8 +152,76 @@ def _set_up(settings: TrainSettings, reporter: Reporter) -> Run:
     )
 
 
+def _scheduler(
+    optimizer: torch.optim.Optimizer, settings: TrainSettings, per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Warm-up then cosine over the planned epochs, stepped per step or (as the released trainers) per epoch."""
+    lrs = (settings.lr, settings.min_lr, settings.warmup_lr)
+    if settings.schedule == "epoch":
+        return epoch_cosine(optimizer, per_epoch, settings.epochs, settings.warmup_epochs, *lrs)
+    cosine_end = per_epoch * settings.epochs
+    warmup = min(int(settings.warmup_epochs * per_epoch), cosine_end // 2)
+    return warmup_cosine(optimizer, cosine_end, warmup, *lrs)
+
+
+def _engine(
+    model: TunedModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batch_size: int,
+) -> Any:
+    """The DeepSpeed engine that steps the model: plain data parallelism (ZeRO stage 0), no logging of its own."""
+    import deepspeed  # imported by training_process, after DS_ACCELERATOR was set
+
+    config = {
+        "train_micro_batch_size_per_gpu": batch_size,
+        "gradient_accumulation_steps": 1,
+        "steps_per_print": 10**9,
+        "zero_optimization": {"stage": 0},
+        "wall_clock_breakdown": False,
+    }
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False
+    )
+    return engine
+
+
+def _train_epochs(run: Run, state: dict[str, Any]) -> TrainResult:
+    """Epochs until the planned steps are done; the result's accuracy is filled in at commit."""
+    resumed_from = state["step"]
+    run.reporter.start(run.total, state["step"])
+    started = time.perf_counter()
+    run.engine.train()
+    while state["step"] < run.total:
+        _epoch(run, state)
+    seconds = time.perf_counter() - started
+    split = run.resolved["eval_split"]
+    return TrainResult(run.settings.task, 0.0, 0, split, state["step"], seconds, resumed_from, state["evaluations"])
+
+
 def _epoch(run: Run, state: dict[str, Any]) -> None:
-    """The rest of the current epoch (all of it unless resumed mid-way), its evaluation and resume point."""
+    """The rest of the current epoch (all of it unless resumed mid-way), then its evaluation and resume point."""
+    settings = run.settings
+    tick = time.perf_counter()
+    for images, labels in loader_batches(_train_loader(run, state)):
+        loss, accuracy = _step(run, images, labels)
+        state["step"] += 1
+        state["batch"] += 1
+        if run.ema is not None:
+            run.ema.update(state["step"])
+        now = time.perf_counter()
+        run.reporter.step(state["step"], loss, accuracy, len(labels) * run.info.world_size / max(now - tick, 1e-9))
+        tick = now
+        if settings.checkpoint_every and state["step"] % settings.checkpoint_every == 0:
+            _save(run, state)
+        if state["step"] >= run.total:
+            break
+    if state["step"] >= run.total or state["batch"] >= run.per_epoch:
+        _end_epoch(run, state)
+
+
+def _train_loader(run: Run, state: dict[str, Any]) -> torch.utils.data.DataLoader:
+    """This rank's batches of the current epoch from the resume position on."""
     settings, info = run.settings, run.info
     batches = epoch_batches(len(run.train_set), settings.batch_size, state["epoch"], settings.seed, info.rank,
                             info.world_size)[state["batch"] :]  # fmt: skip
@@ -298,52 +229,43 @@ def _epoch(run: Run, state: dict[str, Any]) -> None:
     # its own generator: a loader draws a seed when iterated, which must not shift the global one that dropout and
     # DropPath draw from (a resumed run would then differ from an uninterrupted one)
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + state["epoch"])
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         run.train_set, batch_sampler=batches, num_workers=settings.num_workers, generator=generator
     )
-    tick = time.perf_counter()
-    for images, labels in _batches(loader):
-        images, labels = images.to(run.device), labels.to(run.device)
-        inputs, targets = run.objective.prepare(images, labels)
-        with autocast(run.device):
-            logits = run.engine(inputs)
-        loss = run.objective.loss(logits, targets)
-        run.engine.backward(loss)
-        run.engine.step()
-        state["step"] += 1
-        state["batch"] += 1
-        if run.ema is not None:
-            run.ema.update(state["step"])
-        now = time.perf_counter()
-        accuracy = float((logits.argmax(-1) == labels).float().mean())
-        run.reporter.step(state["step"], loss.item(), accuracy, len(labels) * info.world_size / max(now - tick, 1e-9))
-        tick = now
-        if settings.checkpoint_every and state["step"] % settings.checkpoint_every == 0:
-            _save(run, state)
-        if state["step"] >= run.total:
-            break
-    if state["step"] >= run.total or state["batch"] >= run.per_epoch:
-        state["epoch"] += 1
-        state["batch"] = 0
-        last = state["step"] >= run.total
-        if info.is_main and (last or state["epoch"] % settings.eval_every == 0):
-            with averaged(run.ema):
-                accuracy, _ = evaluate(run.model, run.eval_loader, run.device)
-            state["evaluations"].append({"epoch": state["epoch"], "step": state["step"], "accuracy": accuracy})
-            run.reporter.evaluated(state["epoch"], accuracy)
-        if not last:
-            _save(run, state)
+
+
+def _step(run: Run, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """One optimizer step on a batch; its loss and batch accuracy."""
+    images, labels = images.to(run.device), labels.to(run.device)
+    inputs, targets = run.objective.prepare(images, labels)
+    with autocast(run.device):
+        logits = run.engine(inputs)
+    loss = run.objective.loss(logits, targets)
+    run.engine.backward(loss)
+    run.engine.step()
+    return loss.item(), float((logits.argmax(-1) == labels).float().mean())
+
+
+def _end_epoch(run: Run, state: dict[str, Any]) -> None:
+    """Move to the next epoch; evaluate (rank 0) every eval_every epochs and at the end, and save a resume point
+    unless the run is done."""
+    state["epoch"] += 1
+    state["batch"] = 0
+    last = state["step"] >= run.total
+    if run.info.is_main and (last or state["epoch"] % run.settings.eval_every == 0):
+        with averaged(run.ema):
+            accuracy, _ = evaluate(run.model, run.eval_loader, run.device)
+        state["evaluations"].append({"epoch": state["epoch"], "step": state["step"], "accuracy": accuracy})
+        run.reporter.evaluated(state["epoch"], accuracy)
+    if not last:
+        _save(run, state)
 
 
 def _commit(run: Run, state: dict[str, Any], result: TrainResult) -> None:
-    """Final accuracy (the last evaluation when it was at the last step), then the task into the bank; with an
-    EMA, its weights are what is evaluated and banked."""
+    """The final accuracy into the result, the task into the bank, and the run's resume points away; with an EMA,
+    its weights are what is evaluated and banked."""
     with averaged(run.ema):
-        final = state["evaluations"][-1] if state["evaluations"] else None
-        if final is not None and final["step"] == state["step"]:
-            result.accuracy, result.n = final["accuracy"], len(run.eval_loader.dataset)
-        else:
-            result.accuracy, result.n = evaluate(run.model, run.eval_loader, run.device)
+        result.accuracy, result.n = _final_accuracy(run, state)
         best = max((e["accuracy"] for e in state["evaluations"]), default=result.accuracy)
         metrics = {"accuracy": result.accuracy, "split": result.split, "n": result.n, "best_accuracy": best}
         training = {
@@ -357,6 +279,15 @@ def _commit(run: Run, state: dict[str, Any], result: TrainResult) -> None:
         }
         record = task_record(run.model, run.settings.task, run.dataset.class_names, metrics=metrics, training=training)
         commit(run.bank, record)
+    run.runs.clear()
+
+
+def _final_accuracy(run: Run, state: dict[str, Any]) -> tuple[float, int]:
+    """The last evaluation when it was at the last step, else a fresh one."""
+    final = state["evaluations"][-1] if state["evaluations"] else None
+    if final is not None and final["step"] == state["step"]:
+        return final["accuracy"], len(run.eval_loader.dataset)
+    return evaluate(run.model, run.eval_loader, run.device)
 
 
 def averaged(ema: TaskEma | None) -> contextlib.AbstractContextManager:
