@@ -21,6 +21,7 @@ inspect: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The full suite: what CI runs.
 test: lint

@@ -17,7 +17,10 @@ IDENTITY = BackboneIdentity(
     "vit_tiny_patch16_224", FINGERPRINT, (3, 224, 224), (0.5,) * 3, (0.5,) * 3, "bicubic", 0.9, "random-init"
 )
 SHAPES = {  # not vit_tiny's real SSF shapes: this writer stays torch-free to commit within a fraction of a second
-"blocks.0.attn.qkv.ssf_scale": (1, 576), "blocks.0.mlp.fc1.ssf_shift": (600, 768), "head.weight": (10, 192)}
+    "blocks.0.attn.qkv.ssf_scale": (1, 576),
+    "blocks.0.mlp.fc1.ssf_shift": (600, 768),
+    "head.weight": (10, 192),
+}
 
 
 def tensors_for(seed: int) -> dict[str, np.ndarray]:

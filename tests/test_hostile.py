@@ -106,7 +106,7 @@ def test_method_options_from_the_command_line_are_used_or_refused(convnext_weigh
     )
     assert result.returncode == 0, result.stderr[-1500:]
     assert {"rank": 4, "sparsity": 0.7}.items() <= Bank(bank).load("r", with_tensors=False).config.items()
-    bad = run_cli(*train_args(convnext_weights, bank, "r2", "--method", "snell", "-o", "rank=abc"))
+    bad = cli_in_process(*train_args(convnext_weights, bank, "r2", "--method", "snell", "-o", "rank=abc"))
     assert "rank" in one_line_error(bad)
 
 
@@ -302,7 +302,7 @@ def test_verify_checks_the_backbone_file_and_the_graph_cache(fuzz_bank: Path, tm
 
 
 def test_long_task_names_are_refused_before_training(convnext_weights: Path, tmp_path: Path) -> None:
-    result = run_cli(*train_args(convnext_weights, tmp_path / "bank", "t" * 240, "--method", "ssf"))
+    result = cli_in_process(*train_args(convnext_weights, tmp_path / "bank", "t" * 240, "--method", "ssf"))
     assert "at most 200" in one_line_error(result)
     assert not (tmp_path / "bank").exists()
 
@@ -422,7 +422,7 @@ def test_images_decode_to_the_range_they_mean_and_hostile_files_are_row_errors(t
     ],
 )
 def test_bad_training_numbers_are_refused_before_any_work(flag: str, value: str, fragment: str, tmp_path: Path) -> None:
-    result = run_cli("train", "--task", "t", "--method", "ssf", "--data", str(tmp_path), flag, value,
+    result = cli_in_process("train", "--task", "t", "--method", "ssf", "--data", str(tmp_path), flag, value,
                      "--bank", str(tmp_path / "bank"))  # fmt: skip
     assert fragment in one_line_error(result) and not (tmp_path / "bank").exists()
 

@@ -54,6 +54,13 @@ OPTIONS = {
 CASES = [(VIT, 160), (VIT, 96), (CNN, 160), (CNN, 112)]
 
 
+def exported_here(arch: str, size: int) -> tuple[str, ...]:
+    """The methods whose graph `export --verify-data` writes in this case: every other one, alternating between a
+    backbone's two cases, so each method x backbone is exported once (an export is most of a case's time), while
+    eval, both predict backends and the runtime's graphs are compared for every method in both cases."""
+    return METHODS[CASES.index((arch, size)) % 2 :: 2]
+
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     """A VTAB-1k layout task of the first IMAGES test photographs of TrashNet (every split lists them)."""
@@ -199,21 +206,22 @@ def test_every_serving_path_answers_as_eval(arch: str, size: int, photos: Path, 
         assert (labels["torch"] == truth).mean() == pytest.approx(accuracy, abs=1e-12), task  # predict == eval
         assert len(set(labels["torch"].tolist())) > 1, f"{task}: a constant model would make this test vacuous"
         agree(labels["onnx"], labels["torch"], truth, f"{task}: predict onnx")
-
-        result = export_task(bank, task, tmp_path / "exports", verify=VerifyData(photos, "test", workers=0))
-        manifest = json.loads(result.manifest.read_text())
-        assert manifest["preprocessing"] == contract.manifest() and manifest["inputs"]["images"][-1] == size
-        verified = manifest["verified"]
-        assert verified["n"] == IMAGES and verified["eval_accuracy"] == pytest.approx(accuracy, abs=1e-12)
-        assert abs(verified["accuracy"] - accuracy) <= 0.005
-        images = read_images(paths, manifest["preprocessing"])
-        graph_logits = run_graph(result.graph, images)
-        agree(graph_logits.argmax(-1), labels["torch"], truth, f"{task}: exported graph from its manifest")
+        graph_logits = None
+        if task in exported_here(arch, size):
+            result = export_task(bank, task, tmp_path / "exports", verify=VerifyData(photos, "test", workers=0))
+            manifest = json.loads(result.manifest.read_text())
+            assert manifest["preprocessing"] == contract.manifest() and manifest["inputs"]["images"][-1] == size
+            verified = manifest["verified"]
+            assert verified["n"] == IMAGES and verified["eval_accuracy"] == pytest.approx(accuracy, abs=1e-12)
+            assert abs(verified["accuracy"] - accuracy) <= 0.005
+            graph_logits = run_graph(result.graph, read_images(paths, manifest["preprocessing"]))
+            agree(graph_logits.argmax(-1), labels["torch"], truth, f"{task}: exported graph from its manifest")
         if task in multi_task_graphs:
             graph, task_id, pre, _ = multi_task_graphs[task]
             assert pre == contract.manifest()
             multi_logits = run_graph(graph, read_images(paths, pre), task_id)[:, : len(names)]
-            np.testing.assert_allclose(multi_logits, graph_logits, atol=1e-3, rtol=0)
+            if graph_logits is not None:
+                np.testing.assert_allclose(multi_logits, graph_logits, atol=1e-3, rtol=0)
             agree(multi_logits.argmax(-1), labels["torch"], truth, f"{task}: multi-task graph from its manifest")
 
 

@@ -27,7 +27,6 @@ def checkpoint(convnext_weights: Path) -> Path:
     return convnext_weights
 
 
-
 @pytest.mark.slow
 def test_one_process_run_commits_a_reproducible_task(checkpoint: Path, tmp_path: Path) -> None:
     bank = tmp_path / "bank"

@@ -39,6 +39,8 @@ from adapterbank.method_names import METHOD_NAMES
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
 @dataclasses.dataclass(frozen=True)
 class BackboneIdentity:
     arch: str
@@ -114,7 +116,6 @@ def tensor_checksum(array: np.ndarray) -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
 
 
 class Bank:
