@@ -19,9 +19,9 @@ TRAIN_DATA = SHARED_DATA / "vtab-1k" / "pneumonia"  # the small real task CLI tr
 FAMILIES = ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "convnext_atto", "tf_efficientnet_lite0"]
 MERGEABLE = ["snell", "ssf", "lora", "bitfit"]
 
-# commands that change process-wide state for good (glibc's allocator for serving): only run_cli runs them. `train`
-# puts back what its DeepSpeed job changed (adapterbank.process.training_process).
-PROCESS_OWNERS = {"predict", "bench", "quickstart"}
+# commands that change process-wide state for good (glibc's allocator: adapterbank.process.serving_process) run only
+# through run_cli; `train` puts back what its DeepSpeed job changed (adapterbank.process.training_process)
+PROCESS_OWNERS = {("predict",), ("bench", "serve")}
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -41,9 +41,10 @@ def cli_in_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedP
     and torch import per call (seconds each). Commands that change process-wide state go through run_cli."""
     from cli.main import main
 
-    command = next((a for a in args if not a.startswith("-")), "")
-    if command in PROCESS_OWNERS:
-        raise ValueError(f"`{command}` changes process-wide state: use run_cli")
+    words = tuple(a for a in args if not a.startswith("-"))
+    owner = next((" ".join(o) for o in PROCESS_OWNERS if words[: len(o)] == o), None)
+    if owner:
+        raise ValueError(f"`{owner}` changes process-wide state for good: use run_cli")
     out, err = io.StringIO(), io.StringIO()
     code = 0
     with _working_directory(cwd or REPO), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

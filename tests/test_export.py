@@ -48,7 +48,12 @@ def pretrained_like(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+# every merging method on every family, except Swin (the slowest export) with the two that merge most differently:
+# SNELL's materialized sparse deltas and SSF folded into Linear and LayerNorm (LoRA and BitFit fold the same way)
+EXPORTED = [(arch, m) for arch in FAMILIES for m in MERGEABLE if not arch.startswith("swin") or m in ("snell", "ssf")]
+
+
+@pytest.fixture(scope="module")
 def family(request, tmp_path_factory) -> dict:
     arch = request.param
     root = tmp_path_factory.mktemp(arch)
@@ -66,7 +71,7 @@ def family(request, tmp_path_factory) -> dict:
     return {"arch": arch, "bank": bank, "root": root, "bare": graph_stats(root / "bare.onnx")}
 
 
-@pytest.mark.parametrize("method", MERGEABLE)
+@pytest.mark.parametrize(("family", "method"), EXPORTED, indirect=["family"])
 @pytest.mark.slow
 def test_merged_export(family: dict, method: str) -> None:
     bank, out = family["bank"], family["root"] / "exports"
@@ -104,17 +109,20 @@ def _bank_with_tasks(root: Path, arch: str, method: str, classes: list[int]) -> 
 
 @pytest.mark.parametrize(("arch", "method"), [("vit_tiny_patch16_224", "ssf"), ("convnext_atto", "lora")])
 @pytest.mark.slow
-def test_multi_task_graph_equals_per_task_graphs(tmp_path: Path, arch: str, method: str) -> None:
+def test_multi_task_graph_equals_each_task_alone(tmp_path: Path, arch: str, method: str) -> None:
+    """Each sample of a mixed batch through the multi-task graph equals its task alone (the one-task model, which
+    its own exported graph equals: test_merged_export)."""
     classes = [5, 3, 7]
     bank, _ = _bank_with_tasks(tmp_path, arch, method, classes)
     multi = export_multi_task(bank, ["t0", "t1", "t2"], "all3", tmp_path / "out")
     ids = np.array([2, 0, 1, 2, 1], dtype=np.int64)
-    x = images(len(ids), seed=3).numpy()
-    mixed = session(multi.graph).run(["logits"], {"images": x, "task_id": ids})[0]
+    x = images(len(ids), seed=3)
+    mixed = session(multi.graph).run(["logits"], {"images": x.numpy(), "task_id": ids})[0]
     for task in range(3):
-        single = export_task(bank, f"t{task}", tmp_path / "out")
+        model, _ = load_tasks(bank, [f"t{task}"])
         rows = ids == task
-        alone = session(single.graph).run(["logits"], {"images": x[rows]})[0]
+        with torch.no_grad():
+            alone = model(x[torch.from_numpy(rows)]).numpy()
         assert np.abs(mixed[rows, : classes[task]] - alone).max() <= 1e-4
         assert np.isneginf(mixed[rows, classes[task] :]).all()
     manifest = json.loads(multi.manifest.read_text())

@@ -30,7 +30,6 @@ class _Payload:
         return (Path.write_text, (self.marker, "code ran"))
 
 
-@pytest.mark.slow
 def test_resume_never_unpickles_a_planted_checkpoint(convnext_weights: Path, tmp_path: Path) -> None:
     """A DeepSpeed-style run folder with a pickle that runs code: `train --resume` refuses it without loading."""
     bank, marker = tmp_path / "bank", tmp_path / "pwned"
@@ -39,15 +38,18 @@ def test_resume_never_unpickles_a_planted_checkpoint(convnext_weights: Path, tmp
     (bank / ".runs" / "job" / "latest").write_text("step4")
     for name in ("mp_rank_00_model_states.pt", "tensors.safetensors", "state.json"):
         (point / name).write_bytes(pickle.dumps({"rng": _Payload(marker)}))
-    result = run_cli(*train_args(convnext_weights, bank, "job", "--method", "ssf", "--max-steps", "1", "--resume"))
+    result = cli_in_process(
+        *train_args(convnext_weights, bank, "job", "--method", "ssf", "--max-steps", "1", "--resume")
+    )
     assert "rerun without --resume" in one_line_error(result)
     (bank / ".runs" / "job" / "latest").write_text('{"step": "step4"}')  # now names it: the files are not JSON
-    result = run_cli(*train_args(convnext_weights, bank, "job", "--method", "ssf", "--max-steps", "1", "--resume"))
+    result = cli_in_process(
+        *train_args(convnext_weights, bank, "job", "--method", "ssf", "--max-steps", "1", "--resume")
+    )
     assert "rerun without --resume" in one_line_error(result)
     assert not marker.exists()
 
 
-@pytest.mark.slow
 def test_runs_link_out_of_the_bank_is_refused(convnext_weights: Path, tmp_path: Path) -> None:
     """BANK/.runs pointing elsewhere: training refuses it, and the target's folder of the same name survives."""
     bank, outside = tmp_path / "bank", tmp_path / "precious"
@@ -55,7 +57,7 @@ def test_runs_link_out_of_the_bank_is_refused(convnext_weights: Path, tmp_path: 
     (outside / "job" / "keep.txt").write_text("mine")
     bank.mkdir()
     (bank / ".runs").symlink_to(outside)
-    result = run_cli(*train_args(convnext_weights, bank, "job", "--method", "ssf", "--max-steps", "1"))
+    result = cli_in_process(*train_args(convnext_weights, bank, "job", "--method", "ssf", "--max-steps", "1"))
     assert "symbolic link" in one_line_error(result)
     assert (outside / "job" / "keep.txt").read_text() == "mine"
 
@@ -472,7 +474,7 @@ def test_hostile_peft_folders_are_one_line_errors(change: dict, fragment: str, t
     config = change.get("config", {})
     config = config if isinstance(config, list) else {"peft_type": "LORA", "r": rank, "lora_alpha": 4, **config}
     (folder / "adapter_config.json").write_text(json.dumps(config))
-    result = run_cli("bank", "import-peft", str(folder), "--task", "p", "--bank", str(bank.path))
+    result = cli_in_process("bank", "import-peft", str(folder), "--task", "p", "--bank", str(bank.path))
     assert fragment in one_line_error(result)
     assert bank.tasks() == []
 

@@ -11,7 +11,7 @@ from adapterbank import AdapterBankError
 from adapterbank.method_names import METHOD_NAMES
 from adapterbank.recipes import load_recipe
 from adapterbank.training.settings import resolve
-from tests.helpers import SHARED_DATA, run_cli
+from tests.helpers import SHARED_DATA, cli_in_process, run_cli
 
 
 def test_vtab_recipe_follows_snell_script_and_flags_override() -> None:
@@ -62,7 +62,7 @@ def test_bad_recipes(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_export_runs_and_reports_ratios() -> None:
-    result = run_cli(
+    result = cli_in_process(
         "bench",
         "export",
         "--backbone",
@@ -83,7 +83,7 @@ def test_bench_export_runs_and_reports_ratios() -> None:
 
 @pytest.mark.slow
 def test_bench_train_memory_runs() -> None:
-    result = run_cli(
+    result = cli_in_process(
         "bench",
         "train-memory",
         "--backbone",
@@ -131,11 +131,11 @@ def test_bench_accuracy_trains_then_reuses_identical_runs(tmp_path: Path) -> Non
     recipe.write_text("image_size: 32\nepochs: 1\nmax_steps: 1\nbatch_size: 8\nlr: 0.01\nnum_workers: 0\n")
     args = ["bench", "accuracy", "--tasks", "hymenoptera", "--methods", "linear,adapter", "--recipe", str(recipe)]
     args += ["--bank", str(tmp_path / "bank"), "--markdown"]
-    first = run_cli(*args)
+    first = cli_in_process(*args)
     assert first.returncode == 0, first.stderr[-1500:]
     files = {p: p.stat().st_mtime_ns for p in (tmp_path / "bank").glob("tasks/*")}
     assert len(files) == 2
-    again = run_cli(*args, "--reuse")
+    again = cli_in_process(*args, "--reuse")
     assert again.returncode == 0, again.stderr[-1500:]
     assert {p: p.stat().st_mtime_ns for p in files} == files  # nothing retrained
     table = [line for line in again.stdout.splitlines() if line.startswith("| hymenoptera")]
@@ -145,6 +145,8 @@ def test_bench_accuracy_trains_then_reuses_identical_runs(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_bench_onnx_memory_runs() -> None:
-    result = run_cli("bench", "onnx-memory", "--backbone", "convnext_atto", "--methods", "ssf,snell", "--tasks", "2")
+    result = cli_in_process(
+        "bench", "onnx-memory", "--backbone", "convnext_atto", "--methods", "ssf,snell", "--tasks", "2"
+    )
     assert result.returncode == 0, result.stderr[-1500:]
     assert "ONNXRuntime MiB" in result.stdout and "snell" in result.stdout
