@@ -9,6 +9,9 @@ $(BIN)/adapterbank: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	# DeepSpeed's CPU communication op, compiled here once instead of in the first training run (about a minute)
+	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load(verbose=False)" \
+		>/dev/null 2>&1 || echo "DeepSpeed's CPU op was not prebuilt: the first training run builds it"
 	touch $@
 
 setup: $(BIN)/adapterbank

@@ -34,7 +34,7 @@ def test_sigkill_never_loses_a_committed_task(tmp_path: Path) -> None:
     rng = random.Random(7)
     returned: dict[str, int] = {}  # last seed whose commit returned, per task
     seed, kills, mid_write = 0, 0, 0
-    while kills < 60:
+    while kills < 30:
         child = subprocess.Popen(
             [sys.executable, WRITER, str(bank.path), "loop", str(seed)], stdout=subprocess.PIPE, text=True
         )

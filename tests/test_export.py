@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -54,9 +55,19 @@ EXPORTED = [(arch, m) for arch in FAMILIES for m in MERGEABLE if not arch.starts
 
 
 @pytest.fixture(scope="module")
-def family(request, tmp_path_factory) -> dict:
-    arch = request.param
-    root = tmp_path_factory.mktemp(arch)
+def families(tmp_path_factory) -> Callable[[str], dict]:
+    """Each family's bank (a task of every merging method) and bare graph, built once for the module."""
+    built: dict[str, dict] = {}
+
+    def family(arch: str) -> dict:
+        if arch not in built:
+            built[arch] = _build_family(arch, tmp_path_factory.mktemp(arch))
+        return built[arch]
+
+    return family
+
+
+def _build_family(arch: str, root: Path) -> dict:
     torch.manual_seed(5)
     backbone = pretrained_like(create_backbone(arch))
     bank = create_bank(root / "bank", backbone, arch, "random-init")
@@ -71,9 +82,10 @@ def family(request, tmp_path_factory) -> dict:
     return {"arch": arch, "bank": bank, "root": root, "bare": graph_stats(root / "bare.onnx")}
 
 
-@pytest.mark.parametrize(("family", "method"), EXPORTED, indirect=["family"])
+@pytest.mark.parametrize(("arch", "method"), EXPORTED)
 @pytest.mark.slow
-def test_merged_export(family: dict, method: str) -> None:
+def test_merged_export(families: Callable[[str], dict], arch: str, method: str) -> None:
+    family = families(arch)
     bank, out = family["bank"], family["root"] / "exports"
     result = export_task(bank, method, out)
     assert result.parity_error <= 1e-4
@@ -154,7 +166,7 @@ def test_multi_task_refusals(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
-def test_bad_input_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_input_writes_nothing(tmp_path: Path) -> None:
     bank, _ = _bank_with_tasks(tmp_path, "convnext_atto", "ssf", [4])
     out = tmp_path / "out"
     cases = [

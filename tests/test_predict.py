@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from adapterbank.data import open_dataset
-from tests.helpers import SHARED_DATA, run_cli
+from tests.helpers import SHARED_DATA, cli_in_process, run_cli
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
 DATASETS = {
@@ -71,7 +71,7 @@ def test_predict_reproduces_eval_and_isolates_bad_rows(tmp_path: Path, convnext_
         accuracy = sum(int(r["label"]) == truth[r["path"]] for r in answered) / len(answered)
         subset = tmp_path / f"{task}-subset"
         _write_subset(data, subset, [Path(r["path"]) for r in answered])
-        evaluated = run_cli(
+        evaluated = cli_in_process(
             "eval",
             "--task",
             task,

@@ -9,7 +9,7 @@ import pytest
 
 from adapterbank.bank.store import Bank
 from adapterbank.data import open_dataset
-from tests.helpers import run_cli
+from tests.helpers import cli_in_process, run_cli
 
 
 @pytest.mark.slow
@@ -32,7 +32,7 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
     # the README's export: the graph, run from its manifest on the task's test split, scores what eval scored
     bank_dir, out = str(tmp_path / "bank"), str(tmp_path / "exports")
     data = str(tmp_path / "data" / "mnist")
-    export = run_cli("export", "--task", "mnist", "--bank", bank_dir, "--out", out, "--verify-data", data)
+    export = cli_in_process("export", "--task", "mnist", "--bank", bank_dir, "--out", out, "--verify-data", data)
     assert export.returncode == 0, export.stderr[-2000:]
     verified = json.loads((tmp_path / "exports" / "mnist.json").read_text())["verified"]
     assert verified["eval_accuracy"] == bank.load("mnist", with_tensors=False).metrics["accuracy"]

@@ -93,7 +93,7 @@ def test_bench_train_memory_runs() -> None:
         "--steps",
         "1",
         "--methods",
-        "linear,lora,snell",
+        "lora,snell",
         "-o",
         "drop_path=0",
     )
@@ -146,7 +146,7 @@ def test_bench_accuracy_trains_then_reuses_identical_runs(tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_bench_onnx_memory_runs() -> None:
     result = cli_in_process(
-        "bench", "onnx-memory", "--backbone", "convnext_atto", "--methods", "ssf,snell", "--tasks", "2"
-    )
+        "bench", "onnx-memory", "--backbone", "convnext_atto", "--methods", "ssf", "--tasks", "2"
+    )  # one method: each costs its graphs and three measuring processes
     assert result.returncode == 0, result.stderr[-1500:]
-    assert "ONNXRuntime MiB" in result.stdout and "snell" in result.stdout
+    assert "ONNXRuntime MiB" in result.stdout and "ssf" in result.stdout

@@ -42,8 +42,10 @@ def test_one_process_run_commits_a_reproducible_task(checkpoint: Path, tmp_path:
     assert record.training["steps"] == 6 and record.training["layout"] == "vtab"
     reproduced = evaluate_task(bank, "pneu", DATA, None, workers=0)
     assert reproduced["accuracy"] == record.metrics["accuracy"] and reproduced["n"] == record.metrics["n"] == 624
-    cli = run_cli("eval", "--task", "pneu", "--data", str(DATA), "--bank", str(bank), "--json", "--workers", "0")
-    assert cli.returncode == 0 and f'"accuracy": {record.metrics["accuracy"]}' in cli.stdout
+    evaluated = cli_in_process(
+        "eval", "--task", "pneu", "--data", str(DATA), "--bank", str(bank), "--json", "--workers", "0"
+    )
+    assert evaluated.returncode == 0 and f'"accuracy": {record.metrics["accuracy"]}' in evaluated.stdout
 
 
 @pytest.mark.slow
