@@ -2,7 +2,7 @@
 
 A file is written under a temporary name in its own folder, flushed to disk, renamed over its target and the
 folder flushed: a reader sees the old file or the new one, and a crash (even a power loss) leaves one of them
-plus, at worst, a temporary file whose name starts with TEMP_PREFIX (the bank's writer lock sweeps those).
+plus, at worst, a temporary file whose name starts with TEMP_PREFIX (the bank's writer lock sweeps its own).
 """
 
 from __future__ import annotations

@@ -43,8 +43,9 @@ def training_process() -> Iterator[ProcessInfo]:
     as it was before, on exit."""
     environ = dict(os.environ)
     levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-    generators = rng_state()
-    device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
+    cuda_ready = torch.cuda.is_initialized()  # read first: capturing CUDA's generators would initialize it
+    device = torch.cuda.current_device() if cuda_ready else None
+    generators = rng_state(cuda=cuda_ready)
     started = False
     try:
         os.environ.update(job_environment())
@@ -57,14 +58,16 @@ def training_process() -> Iterator[ProcessInfo]:
             torch.cuda.set_device(info.local_rank)
         yield info
     finally:
-        if started:
-            end_process_group()
-        if device is not None:
-            torch.cuda.set_device(device)
-        set_rng_state(*generators)
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-        _restore_environ(environ)
+        try:
+            if started:
+                end_process_group()
+        finally:  # the rest is put back even when the process group fails to end
+            if device is not None:
+                torch.cuda.set_device(device)
+            set_rng_state(*generators)
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+            _restore_environ(environ)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from adapterbank.methods import get_method, make_config
 from adapterbank.methods.base import task_modules
 from adapterbank.methods.head import TaskHead
 from adapterbank.routing import TaskRouter
+from adapterbank.weight_specs import resolve_weights
 
 
 class TunedModel(nn.Module):
@@ -135,8 +136,10 @@ def tune(
     pretrained: bool = False,
     **options: Any,
 ) -> TunedModel:
-    """Create a backbone by timm name (optionally from a local checkpoint) and attach `method` to it."""
+    """Create a backbone by timm name and attach `method` to it. `checkpoint` is a weight spec as on the command
+    line (a file, 'packaged' or 'none'; adapterbank.weight_specs); without one, random init unless `pretrained`."""
     classes = [num_classes] if isinstance(num_classes, int) else list(num_classes)
     get_method(method)  # refuse an unknown method before building the backbone
-    backbone = create_backbone(arch, checkpoint=checkpoint, pretrained=pretrained)
+    weights = resolve_weights(str(checkpoint), arch).path if checkpoint is not None else None
+    backbone = create_backbone(arch, checkpoint=weights, pretrained=pretrained)
     return TunedModel(backbone, arch, method, classes, options)

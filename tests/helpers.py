@@ -7,8 +7,10 @@ import io
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import torch
 
@@ -38,7 +40,8 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 
 def cli_in_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `adapterbank ARGS` through the same entry point and error handling in this process: no process start
-    and torch import per call (seconds each). Commands that change process-wide state go through run_cli."""
+    and torch import per call (seconds each). Output a C library writes to the file descriptors themselves is not
+    captured, and commands that change process-wide state for good go through run_cli."""
     from cli.main import main
 
     words = tuple(a for a in args if not a.startswith("-"))
@@ -47,12 +50,41 @@ def cli_in_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedP
         raise ValueError(f"`{owner}` changes process-wide state for good: use run_cli")
     out, err = io.StringIO(), io.StringIO()
     code = 0
-    with _working_directory(cwd or REPO), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with (
+        _working_directory(cwd or REPO),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        _warnings_to_stderr(),
+    ):
         try:
             main(list(args))
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     return subprocess.CompletedProcess(["adapterbank", *args], code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """Warnings printed to stderr under Python's default filters, as a fresh process would (pytest records them
+    instead), so that a stray warning line fails the one-line error checks here too."""
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        for quiet in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", quiet)
+        warnings.showwarning = _print_warning
+        yield
+
+
+def _print_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 @contextlib.contextmanager

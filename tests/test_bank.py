@@ -133,7 +133,7 @@ def test_commit_validation_leaves_bank_unchanged(bank: Bank, backbone) -> None:
     ]
     for record, fragments in cases:
         _assert_refused_unchanged(bank, lambda r=record: commit(bank, r), *fragments)
-        # the store itself is the one door: a writer that brings no shapes, or wrong ones, is refused the same way
+        # the store is the one door: called directly with the method's shapes, it refuses the same way
         expected = expected_shapes(bank.identity, good)
         _assert_refused_unchanged(bank, lambda r=record, e=expected: bank.commit(r, e), *fragments)
     for name in ["a/b", "..", "../x", "a b", ".hidden", "", "x..y", "naïve"]:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from adapterbank import AdapterBankError, TunedModel, create_backbone
+from adapterbank.atomic_files import TEMP_PREFIX
 from adapterbank.bank.store import Bank
 from adapterbank.bank.torch_bridge import commit, create_bank, task_record
 from adapterbank.training.resume import RunFolder
@@ -342,7 +343,7 @@ def test_predict_out_is_whole_or_absent(fuzz_bank: Path, tmp_path: Path) -> None
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
-    while not list(tmp_path.glob(".tmp-answers.csv-*")) and child.poll() is None and time.time() < deadline:
+    while not list(tmp_path.glob(f"{TEMP_PREFIX}answers.csv-*")) and child.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
     child.wait()

@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 
 from adapterbank.benchmarks.plots import cell_number, find_tables, plot_markdown, series
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 MARKDOWN = """# Results
 

@@ -239,10 +239,10 @@ class Bank:
             except _MALFORMED as exc:
                 first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
                 raise AdapterBankError(f"{where}: file is incomplete or malformed ({first})") from exc
-        self._check_belongs(record)
+        self.check_belongs(record)
         return record
 
-    def _check_belongs(self, record: TaskRecord) -> None:
+    def check_belongs(self, record: TaskRecord) -> None:
         """A known method, trained on this bank's backbone."""
         where = f"task '{record.name}'"
         if record.method not in METHOD_NAMES:
@@ -258,7 +258,7 @@ class Bank:
     def check(self, record: TaskRecord) -> TaskRecord:
         """Refuse a record the bank must not hold; returns it with fp32 tensors. Nothing is written."""
         check_task_name(record.name)
-        self._check_belongs(record)
+        self.check_belongs(record)
         where = f"task '{record.name}'"
         tensors = {}
         for key, value in record.tensors.items():
@@ -331,16 +331,24 @@ def orphaned(path: Path) -> bool:
     return (path / "backbone.safetensors").exists() or (tasks.is_dir() and any(tasks.glob("*.h5")))
 
 
+def _sweep_own_temporaries(bank: Path) -> None:
+    """Remove what bank writers that died left half-written: the bank's own files only (an export or a predict may
+    be writing its own temporaries beside them); anything else there is reported by verify."""
+    tasks = inside(bank, "tasks", create=True)
+    for pattern, folder in ((f"{TEMP_PREFIX}bank.h5-*", bank), (f"{TEMP_PREFIX}backbone.safetensors-*", bank),
+                            (f"{TEMP_PREFIX}*.h5-*", tasks)):  # fmt: skip
+        for stale in folder.glob(pattern):
+            if regular_file(stale):
+                stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def _locked(bank: Path) -> Iterator[None]:
     """Exclusive writer lock; stale temp files of writers that died are removed while it is held."""
     fd = open_nofollow(inside(bank) / ".lock", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        for folder in (bank, inside(bank, "tasks", create=True)):
-            for stale in folder.glob(TEMP_PREFIX + "*"):
-                if regular_file(stale):  # a writer's leftover; anything else there is reported by verify
-                    stale.unlink(missing_ok=True)
+        _sweep_own_temporaries(bank)
         yield
     finally:
         os.close(fd)

@@ -16,7 +16,7 @@ from torch import nn
 
 from adapterbank.anatomy import backbone_state, fingerprint, has_fixed_input_size
 from adapterbank.backbones import adapt_input_size
-from adapterbank.bank.store import BackboneIdentity, Bank, TaskRecord, check_shapes
+from adapterbank.bank.store import BackboneIdentity, Bank, TaskRecord, check_shapes, check_task_name
 from adapterbank.data.preprocessing import task_preprocessing
 from adapterbank.errors import AdapterBankError
 from adapterbank.tuned import TunedModel
@@ -148,5 +148,6 @@ def check_record_shapes(identity: BackboneIdentity, record: TaskRecord) -> None:
 
 def commit(bank: Bank, record: TaskRecord) -> TaskRecord:
     """Commit atomically, refused unless the tensors are exactly what the record's method builds on this bank."""
-    bank.check(record)  # the method is a known one before a model is built from it
+    check_task_name(record.name)
+    bank.check_belongs(record)  # a known method of this backbone, before a model is built from it
     return bank.commit(record, expected_shapes(bank.identity, record))

@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from adapterbank.anatomy import fingerprint
-from adapterbank.backbones import check_input_size, create_backbone
+from adapterbank.backbones import check_backbone_name, check_input_size, create_backbone
 from adapterbank.bank.store import Bank
 from adapterbank.bank.torch_bridge import create_bank, load_backbone
 from adapterbank.errors import AdapterBankError
@@ -41,6 +41,7 @@ def choose_backbone(settings: TrainSettings) -> BackboneChoice:
             raise AdapterBankError(f"bank '{path}' holds {arch}, not {settings.backbone}; use another --bank")
     else:
         arch = settings.backbone or DEFAULT_BACKBONE
+        check_backbone_name(arch)
     if settings.image_size:
         check_input_size(arch, settings.image_size)  # before the bank is created
     return BackboneChoice(arch, resolve_weights(settings.checkpoint, arch), in_bank)

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 
-def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Every random generator training draws from: torch (dropout, DropPath), CUDA, NumPy (timm Mixup), Python."""
+def rng_state(cuda: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every random generator training draws from: torch (dropout, DropPath), CUDA (unless `cuda` is False: reading
+    its generators initializes CUDA), NumPy (timm Mixup), Python."""
     tensors = {"rng/torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if cuda and torch.cuda.is_available():
         tensors.update({f"rng/cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     python = random.getstate()
