@@ -126,14 +126,14 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def train_args(checkpoint: Path, bank: Path, task: str, *extra: str) -> list[str]:
-    """`adapterbank train` of VTAB-1k pneumonia on convnext_atto at 64 px."""
+def train_args(checkpoint: Path, bank: Path, task: str, *extra: str, data: Path = TRAIN_DATA) -> list[str]:
+    """`adapterbank train` of a small real task (VTAB-1k pneumonia unless `data`) on convnext_atto at 64 px."""
     return [
         "train",
         "--task",
         task,
         "--data",
-        str(TRAIN_DATA),
+        str(data),
         "--backbone",
         "convnext_atto",
         "--checkpoint",

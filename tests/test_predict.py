@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from adapterbank.data import open_dataset
-from tests.helpers import SHARED_DATA, cli_in_process, run_cli
+from tests.helpers import SHARED_DATA, cli_in_process, run_cli, train_args
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
 DATASETS = {
@@ -24,31 +24,8 @@ def test_predict_reproduces_eval_and_isolates_bad_rows(tmp_path: Path, convnext_
     weights = convnext_weights
     bank = tmp_path / "bank"
     for task, (data, method) in DATASETS.items():
-        result = run_cli(
-            "train",
-            "--task",
-            task,
-            "--method",
-            method,
-            "--data",
-            str(data),
-            "--backbone",
-            "convnext_atto",
-            "--checkpoint",
-            str(weights),
-            "--bank",
-            str(bank),
-            "--image-size",
-            "64",
-            "--batch-size",
-            "16",
-            "--max-steps",
-            "5",
-            "--workers",
-            "0",
-            "--augment",
-            "none",
-        )
+        extra = ("--method", method, "--max-steps", "5", "--augment", "none")
+        result = run_cli(*train_args(weights, bank, task, *extra, data=data))
         assert result.returncode == 0, result.stderr[-1500:]
     truth: dict[str, int] = {}
     streams = {}
