@@ -146,6 +146,11 @@ def run_graph(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return session(path).run(["logits"], feeds)[0]
 
 
+def check_graph_name(name: str) -> None:
+    if not valid_task_name(name):
+        raise AdapterBankError(f"graph name '{name}' must be letters, digits, '.', '_' and '-' (no path separators)")
+
+
 def check_parity(actual: np.ndarray, expected: np.ndarray, fp16: bool, what: str) -> float:
     finite = np.isfinite(expected)
     if not np.array_equal(finite, np.isfinite(actual)):
@@ -189,10 +194,14 @@ def export_task(
     opset: int = DEFAULT_OPSET,
     batch: int = 2,
     verify: VerifyData | None = None,
+    name: str | None = None,
 ) -> ExportResult:
     """One task as one graph at the task's own resolution: merged when the method merges, else the tuned model
-    with its extra ops. With `verify`, the graph is run on real images first (see `verify_export`)."""
+    with its extra ops, written as NAME.onnx and NAME.json (NAME: the task's, unless `name`). With `verify`, the
+    graph is run on real images first (see `verify_export`)."""
     check_opset(opset)
+    name = name or task
+    check_graph_name(name)
     out = Path(out)
     model, [record] = load_tasks(bank, [task])
     contract = task_preprocessing(record.training, bank.identity)
@@ -203,7 +212,7 @@ def export_task(
         expected = model(images).numpy()
     merged = model.method.mergeable
     graph_module = model.merge(0) if merged else model
-    graph, manifest = out / f"{task}.onnx", out / f"{task}.json"
+    graph, manifest = out / f"{name}.onnx", out / f"{name}.json"
     with temporaries(graph, manifest) as (graph_tmp, manifest_tmp):
         to_onnx(graph_module, (images,), ["images"], graph_tmp, opset)
         check_written_opset(graph_tmp, opset)
@@ -246,8 +255,7 @@ def export_multi_task(
     """Several tasks of one method in one graph; a per-sample `task_id` input picks each sample's parameters."""
     check_opset(opset)
     out = Path(out)
-    if not valid_task_name(name):
-        raise AdapterBankError(f"graph name '{name}' must be letters, digits, '.', '_' and '-' (no path separators)")
+    check_graph_name(name)
     if not tasks:
         raise AdapterBankError("no tasks to export")
     methods = {t: bank.load(t, with_tensors=False).method for t in tasks}

@@ -22,7 +22,7 @@ import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 
-from adapterbank.atomic_files import publish, write_whole
+from adapterbank.atomic_files import write_whole
 from adapterbank.bank.store import Bank, TaskRecord
 from adapterbank.data.preprocessing import task_preprocessing
 from adapterbank.export import MULTI_TASK_METHODS, export_multi_task, export_task
@@ -122,18 +122,15 @@ class ONNXRuntime:
                     ),
                 )
             else:
-                path = self._graph(stamp, members, lambda stem, r=members[0]: self._export_single(r.name, stem))
+                path = self._graph(
+                    stamp, members, lambda stem, r=members[0]: export_task(self.bank, r.name, self.cache_dir, name=stem)
+                )
             for slot, record in enumerate(members):
                 tasks[record.name] = TaskSlot(len(groups), slot, record.class_names, record)
             groups.append((path, [r.name for r in members], multi))
         sessions = self._sessions([path for path, _, _ in groups])
         self.groups = [_Group(sess, names, multi) for sess, (_, names, multi) in zip(sessions, groups, strict=True)]
         self.tasks = tasks
-
-    def _export_single(self, task: str, stem: str) -> None:
-        result = export_task(self.bank, task, self.cache_dir)
-        publish(result.graph, self.cache_dir / f"{stem}.onnx")
-        publish(result.manifest, self.cache_dir / f"{stem}.json")
 
     def task_names(self) -> list[str]:
         return list(self.tasks)
