@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from adapterbank.bank.store import Bank
+from adapterbank.bank.store import Bank, TaskSummary
 from adapterbank.errors import AdapterBankError
 from cli.output import console, human_count
 
@@ -17,21 +17,20 @@ app = typer.Typer(help="Inspect and manage a bank of tasks.", no_args_is_help=Tr
 BankOption = typer.Option(Path("bank"), "--bank", help="Bank folder.")
 
 
-def _summary(bank: Bank, name: str) -> dict:
-    try:
-        record = bank.load(name, with_tensors=False)
-    except AdapterBankError as exc:
-        return {"task": name, "method": "BAD", "error": str(exc)}
-    metric_name, metric = next(iter(record.metrics.items()), ("", None))
+def _row(summary: TaskSummary) -> dict:
+    if summary.error:
+        return {"task": summary.name, "method": "BAD", "error": summary.error}
+    metric_name, metric = next(iter(summary.metrics.items()), ("", None))
     return {
-        "task": name,
-        "method": record.method,
-        "params": record.num_values,
-        "bytes": bank.task_file(name).stat().st_size,
-        "classes": len(record.class_names),
+        "task": summary.name,
+        "method": summary.method,
+        "params": summary.num_values,
+        "bytes": summary.bytes,
+        "classes": summary.num_classes,
         "metric": metric_name,
         "value": metric,
-        "updated": record.updated,
+        "updated": summary.updated,
+        "generation": summary.generation,
     }
 
 
@@ -39,7 +38,7 @@ def _summary(bank: Bank, name: str) -> dict:
 def list_tasks(bank: Path = BankOption, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the tasks of a bank."""
     store = Bank(bank)
-    rows = [_summary(store, name) for name in store.tasks()]
+    rows = [_row(summary) for summary in store.summaries()]
     rows += [{"task": f"tasks/{entry}", "method": "BAD", "error": why} for entry, why in store.foreign_entries()]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -62,7 +61,7 @@ def list_tasks(bank: Path = BankOption, as_json: bool = typer.Option(False, "--j
 @app.command()
 def show(task: str, bank: Path = BankOption, as_json: bool = typer.Option(False, "--json")) -> None:
     """Show one task's method, config, classes, metrics and tensors."""
-    record = Bank(bank).load(task, with_tensors=False)
+    record = Bank(bank).describe(task)
     info = {
         "task": record.name,
         "method": record.method,

@@ -2,8 +2,9 @@
 
 Checked: the backbone file against the bank's fingerprint; each task file (readable, attribute types, declared
 sizes, checksums, finite values, the shapes its config implies, its preprocessing); entries under tasks/ that are
-no task files; the graphs ONNXRuntime cached for this bank (damaged or stale ones are removed: they are rebuilt
-on use). Repaired: a lost bank.h5, rebuilt from backbone.safetensors once its fingerprint matches the tasks'.
+no task files; the catalog against the task files; the graphs ONNXRuntime cached for this bank (damaged or stale
+ones are removed: they are rebuilt on use). Repaired: a lost bank.h5, rebuilt from backbone.safetensors once its
+fingerprint matches the tasks'; a catalog that disagrees with the task files, rewritten from them.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ def verify(bank: Bank, repair: bool = False) -> Checkup:
     records, broken = load_healthy(bank, bank.tasks())
     result.problems.extend(broken.items())
     result.ok = [r.name for r in records]
+    disagreements = bank.catalog_disagreements(records)
+    if disagreements and repair:
+        count = bank.rewrite_catalog()
+        result.fixed.append(f"rewrote catalog.sqlite from the task files ({count} rows; it had: {disagreements[0]})")
+    else:
+        result.problems.extend(
+            ("catalog.sqlite", f"{why}: `bank verify --repair` rewrites it") for why in disagreements
+        )
     current = {r.name: r.updated for r in records}
     for problem, graphs in prune(bank_graph_folder(bank), current).items():
         result.fixed.append(f"removed {len(graphs)} {problem} cached graph(s): {', '.join(graphs)}")

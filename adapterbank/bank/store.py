@@ -3,6 +3,7 @@
     BANK/bank.h5               backbone identity and format version
     BANK/backbone.safetensors  the frozen backbone weights, written once (a bank alone is enough to export/serve)
     BANK/tasks/NAME.h5         one file per task: method, config, fp32 tensors with sha256 each, metadata
+    BANK/catalog.sqlite        one row per task, so listing reads one file (bank/catalog.py; files stay the truth)
     BANK/.lock                 flock held by every writer
 
 A commit writes a new file under the lock, fsyncs it, `os.replace`s it over the old one and fsyncs the folder:
@@ -21,7 +22,8 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from safetensors.numpy import load_file as load_numpy_safetensors
 from safetensors.numpy import save_file as save_numpy_safetensors
 
 from adapterbank.atomic_files import TEMP_PREFIX, fsync, write_whole
+from adapterbank.bank.catalog import TASK_COLUMNS, Catalog, CatalogUnusable, file_key, key_size, scan_keys
 from adapterbank.bank.paths import inside, open_nofollow, regular_file
 from adapterbank.errors import AdapterBankError
 from adapterbank.method_names import METHOD_NAMES
@@ -76,6 +79,21 @@ class TaskRecord:
     @property
     def num_values(self) -> int:
         return int(sum(np.prod(s, dtype=np.int64) for s in self.shapes.values()))
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSummary:
+    """What `bank ls` shows of a task, from its catalog row (or its file when the row is missing or stale)."""
+
+    name: str
+    method: str
+    num_values: int
+    num_classes: int
+    bytes: int
+    metrics: dict[str, Any]
+    updated: str
+    generation: int | None = None  # the catalog's generation of this row; None when read from the file
+    error: str = ""  # why the task file cannot be used ("" for a healthy task)
 
 
 MAX_TASK_BYTES = 16 << 30  # the largest backbone a bank is expected to hold (ViT-g is ~4 GiB in fp32)
@@ -155,6 +173,7 @@ class Bank:
                         )
                     _atomic_write(path, path / "backbone.safetensors", lambda tmp: _write_backbone(tmp, backbone))
                     _atomic_write(path, path / "bank.h5", lambda tmp: _write_identity(tmp, identity))
+                    Catalog(path).rewrite([])
         bank = cls(path)
         if bank.identity.fingerprint != identity.fingerprint:
             raise AdapterBankError(
@@ -198,8 +217,73 @@ class Bank:
 
     def tasks(self) -> list[str]:
         """Names of the task files: regular `NAME.h5` files with a valid name (see `foreign_entries` for the rest)."""
+        return sorted(self.task_keys())
+
+    def task_keys(self) -> dict[str, str]:
+        """{task: key of its file} (catalog.file_key) in one pass over tasks/: no file is opened."""
         folder = inside(self.path, "tasks")
-        return sorted(p.stem for p in folder.glob("*.h5") if regular_file(p) and valid_task_name(p.stem))
+        if not folder.is_dir():
+            return {}
+        return {name: key for name, key in scan_keys(folder, ".h5").items() if valid_task_name(name)}
+
+    def summaries(self) -> list[TaskSummary]:
+        """Every task file's summary, in name order: catalog rows whose file is unchanged, the file itself for the
+        rest (a stale or missing row, a bank without catalog). A bad task is a summary with `error`."""
+        keys = self.task_keys()
+        try:
+            rows = self.catalog.rows(["method", "num_values", "num_classes", "metrics", "updated"])
+        except CatalogUnusable:
+            rows = {}
+        found = []
+        for name in sorted(keys):
+            row = rows.get(name)
+            summary = _summary_of_row(row, self.tensor_limit()) if row and row["file_key"] == keys[name] else None
+            found.append(summary or self._summary_of_file(name, keys[name]))
+        return found
+
+    def _summary_of_file(self, name: str, key: str) -> TaskSummary:
+        try:
+            record = self.load(name, with_tensors=False)
+        except AdapterBankError as exc:
+            return TaskSummary(name, "BAD", 0, 0, key_size(key), {}, "", error=str(exc))
+        return TaskSummary(
+            name, record.method, record.num_values, len(record.class_names), key_size(key), record.metrics,
+            record.updated,
+        )  # fmt: skip
+
+    def describe(self, name: str) -> TaskRecord:
+        """A task without its tensors (shapes only): its catalog row while its file is unchanged, else the file."""
+        key = file_key(self.task_file(name))
+        if key is not None:
+            try:
+                row = self.catalog.rows(TASK_COLUMNS_READ, [name]).get(name)
+            except CatalogUnusable:
+                row = None
+            if row is not None and row["file_key"] == key:
+                try:
+                    return self._checked_row(row)
+                except _MALFORMED:
+                    pass  # a damaged row: the file decides
+        return self.load(name, with_tensors=False)
+
+    def _checked_row(self, row: Mapping[str, Any]) -> TaskRecord:
+        shapes = _json(row, "shapes", dict)
+        declared = 0
+        for key, shape in shapes.items():
+            if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+                raise TypeError(f"shape of '{key}' is not a list of sizes")
+            declared += math.prod(shape) * 4
+        if declared > self.tensor_limit():
+            raise ValueError("declared tensors exceed what any task holds")
+        record = _record_from_attrs(row, {}, {k: tuple(v) for k, v in shapes.items()}, name_key="name")
+        if record.name != row["name"]:
+            raise ValueError("row names another task")
+        self.check_belongs(record)
+        return record
+
+    @property
+    def catalog(self) -> Catalog:
+        return Catalog(self.path)
 
     def foreign_entries(self) -> list[tuple[str, str]]:
         """(entry, why) for what lies under tasks/ but is no task file: links, folders, devices, bad names."""
@@ -281,6 +365,7 @@ class Bank:
             stored.updated = _now()
             stored.created = previous or stored.updated
             _atomic_write(self.path, file, lambda tmp: _write_record(tmp, stored))
+            self._catalog_change(lambda catalog: catalog.put(_row_of(stored, file_key(file) or "")))
         return stored
 
     def remove(self, name: str) -> None:
@@ -290,6 +375,55 @@ class Bank:
                 raise AdapterBankError(f"no task '{name}' in bank '{self.path}'")
             file.unlink()
             fsync(file.parent)
+            self._catalog_change(lambda catalog: catalog.drop(name))
+
+    def _catalog_change(self, change: Callable[[Catalog], object]) -> None:
+        """Apply one change to the catalog (the lock held, the task file already published); a missing or unusable
+        catalog is rebuilt from the task files first (once: a bank made before catalogs pays for it on its first
+        commit)."""
+        try:
+            change(self.catalog)
+        except CatalogUnusable:
+            self._rewrite_catalog()
+
+    def catalog_disagreements(self, healthy: Sequence[TaskRecord]) -> list[str]:
+        """How the catalog differs from the task files (`healthy`: the records that passed every check): a missing,
+        stale or wrong row, a row of a task that has no file, or an unusable catalog. [] when it is exact."""
+        keys = self.task_keys()
+        try:
+            rows = self.catalog.rows(TASK_COLUMNS)
+        except CatalogUnusable as exc:
+            return [f"unusable ({exc})"]
+        found = []
+        for record in healthy:
+            row = rows.get(record.name)
+            expected = _row_of(record, keys.get(record.name, ""))
+            if row is None:
+                found.append(f"no row for task '{record.name}'")
+            else:
+                wrong = [column for column, value in expected.items() if not _same_value(column, row[column], value)]
+                if wrong:
+                    found.append(f"the row of task '{record.name}' disagrees with its file ({wrong[0]})")
+        found += [f"a row for task '{name}', which has no file" for name in sorted(set(rows) - set(keys))]
+        return found
+
+    def rewrite_catalog(self) -> int:
+        """Rebuild the catalog from the task files (`bank verify --repair`); returns the number of rows."""
+        with _locked(self.path):
+            return self._rewrite_catalog()
+
+    def _rewrite_catalog(self) -> int:
+        rows = []
+        for name, key in sorted(self.task_keys().items()):
+            try:
+                rows.append(_row_of(self.load(name, with_tensors=False), key))
+            except AdapterBankError:
+                continue  # a bad task gets no row: listing reads its file and shows why
+        try:
+            self.catalog.rewrite(rows)
+        except (OSError, sqlite3.Error) as exc:
+            raise AdapterBankError(f"cannot write the catalog of bank '{self.path}': {exc}") from exc
+        return len(rows)
 
     @staticmethod
     def _created_time(file: Path) -> str:
@@ -421,7 +555,7 @@ def _write_record(tmp: Path, record: TaskRecord) -> None:
 _MALFORMED = (KeyError, ValueError, TypeError, AttributeError, OSError, RuntimeError, json.JSONDecodeError)
 
 
-def _text(attrs: h5py.AttributeManager, key: str) -> str:
+def _text(attrs: Mapping[str, Any], key: str) -> str:
     value = attrs[key]
     if isinstance(value, bytes):
         value = value.decode()
@@ -430,7 +564,7 @@ def _text(attrs: h5py.AttributeManager, key: str) -> str:
     return value
 
 
-def _json(attrs: h5py.AttributeManager, key: str, kind: type) -> Any:
+def _json(attrs: Mapping[str, Any], key: str, kind: type) -> Any:
     value = json.loads(_text(attrs, key))
     if not isinstance(value, kind):
         raise TypeError(f"attribute '{key}' holds a {type(value).__name__}, not a {kind.__name__}")
@@ -468,11 +602,21 @@ def _read_record(f: h5py.File, name: str, with_tensors: bool, limit: int) -> Tas
             if not np.isfinite(array).all():
                 raise AdapterBankError(f"task '{name}': tensor '{key}' has NaN or infinite values")
             tensors[key] = array
+    record = _record_from_attrs(a, tensors, shapes)
+    if record.name != name:
+        raise AdapterBankError(f"task '{name}': file holds task '{record.name}' (renamed by hand?)")
+    return record
+
+
+def _record_from_attrs(
+    a: Mapping[str, Any], tensors: dict[str, np.ndarray], shapes: dict, name_key: str = "task"
+) -> TaskRecord:
+    """A task's attributes (of its file, or its catalog row), every one type-checked."""
     class_names = _json(a, "class_names", list)
     if not all(isinstance(c, str) for c in class_names):
         raise TypeError("class names are not all text")
-    record = TaskRecord(
-        name=_text(a, "task"),
+    return TaskRecord(
+        name=_text(a, name_key),
         method=_text(a, "method"),
         config=_json(a, "config", dict),
         tensors=tensors,
@@ -484,6 +628,56 @@ def _read_record(f: h5py.File, name: str, with_tensors: bool, limit: int) -> Tas
         updated=_text(a, "updated"),
         shapes=shapes,
     )
-    if record.name != name:
-        raise AdapterBankError(f"task '{name}': file holds task '{record.name}' (renamed by hand?)")
-    return record
+
+
+TASK_COLUMNS_READ = ("method", "config", "class_names", "shapes", "metrics", "training", "created", "updated",
+                     "fingerprint")  # fmt: skip
+
+
+def _row_of(record: TaskRecord, key: str) -> dict[str, Any]:
+    """The catalog row of a stored record whose file has `key`."""
+    return {
+        "name": record.name,
+        "method": record.method,
+        "config": json.dumps(record.config),
+        "class_names": json.dumps(record.class_names),
+        "num_classes": len(record.class_names),
+        "shapes": json.dumps({k: list(v) for k, v in record.shapes.items()}),
+        "num_values": record.num_values,
+        "metrics": json.dumps(record.metrics),
+        "training": json.dumps(record.training),
+        "created": record.created,
+        "updated": record.updated,
+        "fingerprint": record.fingerprint,
+        "file_key": key,
+    }
+
+
+def _same_value(column: str, stored: Any, expected: Any) -> bool:
+    """JSON columns compare as data (the file lists tensors in its own order)."""
+    if column in _JSON_COLUMNS and isinstance(stored, str):
+        try:
+            return json.loads(stored) == json.loads(expected)
+        except json.JSONDecodeError:
+            return False
+    return stored == expected
+
+
+_JSON_COLUMNS = ("config", "class_names", "shapes", "metrics", "training")
+
+
+def _summary_of_row(row: Mapping[str, Any], limit: int) -> TaskSummary | None:
+    """A row's summary, its values type-checked; None for a damaged row (the file is read instead)."""
+    try:
+        method, updated = _text(row, "method"), _text(row, "updated")
+        values, classes, generation = row["num_values"], row["num_classes"], row["generation"]
+        if not all(isinstance(v, int) and v >= 0 for v in (values, classes, generation)) or values * 4 > limit:
+            return None
+        if method not in METHOD_NAMES:
+            return None
+        return TaskSummary(
+            row["name"], method, values, classes, key_size(row["file_key"]), _json(row, "metrics", dict), updated,
+            generation,
+        )  # fmt: skip
+    except _MALFORMED:
+        return None
