@@ -82,6 +82,27 @@ class TunedModel(nn.Module):
         with self.router.route(task_ids):
             return self.model(images)
 
+    def resize_slots(self, keep: Sequence[int], capacity: int, max_classes: int = 1) -> None:
+        """Keep the tasks of slots `keep` as slots 0..len(keep)-1 of `capacity` (the others empty, one class);
+        the head widens to `max_classes` if needed. A runtime's resident groups grow and compact with it."""
+        if capacity < max(1, len(keep)) or (capacity > 1 and not self.method.supports_mixed_tasks):
+            raise AdapterBankError(f"cannot hold {len(keep)} tasks in {capacity} slots of method {self.method.name}")
+        for _, module in task_modules(self.model):
+            if isinstance(module, TaskHead):
+                module.resize_slots(keep, capacity, max_classes)
+            else:
+                module.resize_slots(keep, capacity)
+        self.num_classes = [self.num_classes[k] for k in keep] + [1] * (capacity - len(keep))
+        self.router.num_tasks = capacity
+
+    def set_task_classes(self, task: int, count: int) -> None:
+        """Slot `task` now holds a task of `count` classes (the head must be wide enough: resize_slots)."""
+        self.model.get_submodule(self.head_path).set_classes(task, count)
+        self.num_classes[task] = count
+
+    def max_classes(self) -> int:
+        return int(self.model.get_submodule(self.head_path).weight.shape[1])
+
     def train(self, mode: bool = True) -> TunedModel:
         """Frozen BatchNorm layers keep their running statistics: only `full` updates them."""
         super().train(mode)

@@ -218,10 +218,11 @@ def test_fuzzed_task_files_never_crash_and_the_healthy_tasks_serve(fuzz_bank: Pa
     bad = {what for what, _ in checkup.problems}
     assert "tasks/bad name!.h5" in bad and set(checkup.ok) >= {"good_ssf", "good_lora"}, (kind, checkup)
     runtime = TorchRuntime(bank)
-    assert {"good_ssf", "good_lora"} <= set(runtime.task_names())
+    problems = runtime.prepare([*runtime.task_names(), "victim"])  # every task read, as requests would
+    assert {"good_ssf", "good_lora"} <= set(runtime.task_names()) and not {"good_ssf", "good_lora"} & set(problems)
     flagged = bad & {"victim", "tasks/victim.h5"}  # a folder or FIFO in its place is no task file at all
     if kind != "flip" or flagged:  # 16 flipped bytes may land in slack space and change nothing
-        assert flagged and "victim" not in runtime.task_names(), kind
+        assert flagged and "victim" in problems and "victim" not in runtime.resident.tasks, kind
     logits = runtime.predict(torch.randn(2, 3, 160, 160), ["good_ssf", "good_lora"])
     assert all(torch.isfinite(row).all() for row in logits)
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
@@ -505,7 +506,9 @@ def test_stored_configs_cannot_make_a_runtime_allocate(fuzz_bank: Path, tmp_path
     assert set(broken) == {"huge", "wide", "typed", "cropped"} and "gone" not in broken
     assert "expected" in broken["huge"] and "image size" in broken["wide"] and "must be float" in broken["typed"]
     assert {r.name for r in records} == {*FUZZ_METHODS, "scored"}
-    assert set(TorchRuntime(bank).task_names()) == {*FUZZ_METHODS, "scored"}
+    runtime = TorchRuntime(bank)
+    assert set(runtime.prepare(runtime.task_names())) == {"huge", "wide", "typed", "cropped"}
+    assert set(runtime.resident.tasks) == {*FUZZ_METHODS, "scored"}
     with pytest.raises(AdapterBankError, match="no task 'typo'"):
         TorchRuntime(bank, tasks=["good_ssf", "typo"])  # asked for by name: a missing task is an error
     listing = cli_in_process("bank", "ls", "--bank", str(bank_dir))

@@ -67,9 +67,9 @@ def test_mixed_batch_of_every_method(bank: Bank) -> None:
 
 
 def test_backbone_weights_are_shared_not_copied(bank: Bank) -> None:
-    runtime = TorchRuntime(bank)
+    runtime = TorchRuntime(bank, preload=list(TASKS))
     shared = runtime.backbone.stages[1].blocks[0].mlp.fc2.weight.data_ptr()
-    peft_groups = [g for g in runtime.groups if g.method.name != "full"]
+    peft_groups = [g.model for g in runtime.groups.values() if g.model.method.name != "full"]
     assert len(peft_groups) >= 4
     for group in peft_groups:
         pointers = {p.data_ptr() for p in group.model.parameters() if not p.requires_grad}
@@ -83,7 +83,8 @@ def test_snell_serves_cached_merged_weights_exactly(bank: Bank) -> None:
     first = runtime.predict(x, order)
     for row, name in enumerate(order):
         assert_close_relative(first[row][None], merged_alone(bank, name, x[row : row + 1]))
-    deltas = [m for m in runtime.groups[0].modules() if isinstance(m, KernelSparseDelta)]
+    [group] = runtime.groups.values()
+    deltas = [m for m in group.model.modules() if isinstance(m, KernelSparseDelta)]
     per_task = sum(m.base.weight.nbytes for m in deltas)
     assert runtime.cache.bytes == 2 * per_task  # one merged weight per tuned layer and task, nothing else
     misses = runtime.cache.misses
@@ -103,22 +104,31 @@ def test_snell_serves_cached_merged_weights_exactly(bank: Bank) -> None:
     assert torch.allclose(uncached.predict(x[:1], ["s1"])[0], first[0], atol=1e-6) and uncached.cache.bytes == 0
 
 
-def test_reload_serves_new_and_drops_removed_tasks(bank: Bank, tmp_path: Path) -> None:
-    runtime = TorchRuntime(bank)
+def test_new_tasks_serve_at_once_and_reload_sees_replaced_and_removed_ones(bank: Bank) -> None:
+    runtime = TorchRuntime(bank, preload=["f1"])
     assert "late" not in runtime.task_names()
     late = TunedModel(create_backbone(ARCH), ARCH, "ssf", [2], backbone_fingerprint=bank.identity.fingerprint)
     state = load_tasks(bank, ["f1"])[0].state(0)  # f1's SSF tensors with a new two-class head
     head = {"head.fc.weight": torch.randn(2, state["head.fc.weight"].shape[1]), "head.fc.bias": torch.zeros(2)}
     late.load_state({**state, **head})
     commit(bank, task_record(late, "late"))
-    with pytest.raises(AdapterBankError, match="unknown task 'late'"):
-        runtime.predict(images(1), ["late"])
+    x = images(2, seed=8)
+    first = runtime.predict(x, ["late", "f1"])  # read on its first request: no reload needed
+    assert_close_relative(first[0][None], merged_alone(bank, "late", x[:1]))
+    late.load_state({"head.fc.weight": torch.randn(2, state["head.fc.weight"].shape[1])} | {
+        k: v for k, v in late.state(0).items() if k != "head.fc.weight"
+    })
+    commit(bank, task_record(late, "late"))  # replaced while resident: served as read until reload()
+    assert torch.equal(runtime.predict(x[:1], ["late"])[0], first[0])
     runtime.reload()
-    x = images(1, seed=8)
-    assert_close_relative(runtime.predict(x, ["late"])[0][None], merged_alone(bank, "late", x))
+    replaced = runtime.predict(x[:1], ["late"])[0]
+    assert not torch.allclose(replaced, first[0]) and torch.allclose(replaced[None], merged_alone(bank, "late", x[:1]))
     bank.remove("late")
     runtime.reload()
-    assert "late" not in runtime.task_names()
+    assert "late" not in runtime.task_names() and "late" not in runtime.resident.tasks
+    with pytest.raises(AdapterBankError, match="unknown task 'late'"):
+        runtime.predict(x[:1], ["late"])
+    assert_close_relative(runtime.predict(x[1:], ["f1"])[0][None], merged_alone(bank, "f1", x[1:]))
 
 
 @pytest.mark.slow

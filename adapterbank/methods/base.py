@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -38,6 +38,15 @@ class TaskModule(nn.Module):
     def load_task_state(self, task: int, tensors: dict[str, torch.Tensor], prefix: str) -> None:
         for name, p in self.task_parameters():
             copy_checked(p[task], tensors, prefix + name)
+
+    def resize_slots(self, keep: Sequence[int], capacity: int) -> None:
+        """Keep the tasks of slots `keep` (they become slots 0..len(keep)-1) in stacks of `capacity` slots; the
+        rest of the new slots are zeros. How a runtime grows and compacts a group of resident tasks in place."""
+        index = torch.as_tensor(list(keep), dtype=torch.long)
+        for name, p in list(self.task_parameters()):
+            stacked = p.new_zeros((capacity, *p.shape[1:]))
+            stacked[: len(keep)] = p.detach().index_select(0, index.to(p.device))
+            setattr(self, name, nn.Parameter(stacked, requires_grad=p.requires_grad))
 
     def merged(self, task: int) -> nn.Module:
         """A plain module equal to this one for `task`, computed from the fp32 masters."""

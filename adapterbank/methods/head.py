@@ -21,11 +21,33 @@ class TaskHead(TaskModule):
         c_max = max(self.num_classes)
         self.weight = nn.Parameter(torch.zeros(len(self.num_classes), c_max, in_features))
         self.bias = nn.Parameter(torch.zeros(len(self.num_classes), c_max))
-        valid = torch.arange(c_max)[None, :] < torch.tensor(self.num_classes)[:, None]
-        self.register_buffer("valid", valid, persistent=False)
+        self.register_buffer("valid", self._valid(), persistent=False)
         with torch.no_grad():
             for t, c in enumerate(self.num_classes):
                 nn.init.trunc_normal_(self.weight[t, :c], std=0.02)
+
+    def _valid(self) -> torch.Tensor:
+        c_max = self.weight.shape[1]
+        return torch.arange(c_max)[None, :] < torch.tensor(self.num_classes)[:, None]
+
+    def set_classes(self, task: int, count: int) -> None:
+        """Give slot `task` a task of `count` classes (at most the stack's width; see resize_slots)."""
+        if not 1 <= count <= self.weight.shape[1]:
+            raise ValueError(f"{count} classes do not fit a head stack of {self.weight.shape[1]}")
+        self.num_classes[task] = count
+        self.valid = self._valid().to(self.valid.device)
+
+    def resize_slots(self, keep: Sequence[int], capacity: int, max_classes: int | None = None) -> None:
+        """As TaskModule.resize_slots; the class axis widens to `max_classes` if that is more than it holds."""
+        width = max(self.weight.shape[1], max_classes or 0)
+        index = torch.as_tensor(list(keep), dtype=torch.long, device=self.weight.device)
+        for name in ("weight", "bias"):
+            p = getattr(self, name)
+            stacked = p.new_zeros((capacity, width, *p.shape[2:]))
+            stacked[: len(keep), : p.shape[1]] = p.detach().index_select(0, index)
+            setattr(self, name, nn.Parameter(stacked, requires_grad=p.requires_grad))
+        self.num_classes = [self.num_classes[k] for k in keep] + [1] * (capacity - len(keep))
+        self.valid = self._valid().to(self.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = self.router.rows(x.shape[0])

@@ -135,6 +135,13 @@ class ONNXRuntime:
     def task_names(self) -> list[str]:
         return list(self.tasks)
 
+    def prepare(self, names: Sequence[str]) -> dict[str, str]:
+        """{name: why} of the tasks of `names` this runtime cannot serve (every served task is loaded already)."""
+        return {n: self.broken.get(n, f"unknown task '{n[:200]}'") for n in dict.fromkeys(names) if n not in self.tasks}
+
+    def describe(self, name: str) -> TaskRecord:
+        return self.tasks[name].record
+
     def predict(self, images: torch.Tensor, tasks: Sequence[str]) -> list[torch.Tensor]:
         rows_by_group = rows_per_group(images, tasks, self.tasks)
         array = images.detach().cpu().float().numpy()

@@ -62,7 +62,7 @@ class Preprocessor:
 
     def contract(self, task: str) -> Preprocessing:
         if task not in self._contracts:
-            training = self.runtime.tasks[task].record.training
+            training = self.runtime.describe(task).training
             self._contracts[task] = task_preprocessing(training, self.runtime.bank.identity)
         return self._contracts[task]
 
@@ -82,10 +82,10 @@ def answer(runtime: Runtime, requests: list[Request], batch_size: int, top_k: in
         chunk = requests[start : start + batch_size]
         answers: list[Answer | None] = [None] * len(chunk)
         by_size: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        problems = runtime.prepare([request.task for request in chunk])  # tasks read on first use
         for i, request in enumerate(chunk):
-            if request.task not in runtime.tasks:
-                problem = runtime.broken.get(request.task, f"unknown task '{request.task}'")
-                answers[i] = Answer(request.path, request.task, [], [], [], problem)
+            if request.task in problems:
+                answers[i] = Answer(request.path, request.task, [], [], [], problems[request.task])
                 continue
             try:
                 tensor = preprocess(request.file, request.task)
@@ -99,7 +99,7 @@ def answer(runtime: Runtime, requests: list[Request], batch_size: int, top_k: in
             for i, row in zip(indices, logits, strict=True):
                 probabilities = row.softmax(-1)
                 scores, labels = probabilities.topk(min(top_k, len(row)))
-                names = runtime.tasks[chunk[i].task].class_names
+                names = runtime.describe(chunk[i].task).class_names
                 answers[i] = Answer(
                     chunk[i].path, chunk[i].task, labels.tolist(), [names[j] for j in labels.tolist()], scores.tolist()
                 )
