@@ -23,9 +23,13 @@ def new_bank(path: Path) -> Bank:
 
 
 def assert_every_task_loads(bank: Bank) -> None:
-    """Readable, every checksum right (the store's part of `bank verify`; the backbone here is a stand-in)."""
-    for name in bank.tasks():
-        bank.load(name)
+    """Readable, every checksum right (the store's part of `bank verify`; the backbone here is a stand-in), and
+    the listing (catalog rows where they match their files) says what the files say."""
+    records = [bank.load(name) for name in bank.tasks()]
+    summaries = bank.summaries()
+    assert [s.name for s in summaries] == [r.name for r in records]
+    for summary, record in zip(summaries, records, strict=True):
+        assert (summary.metrics, summary.updated, summary.error) == (record.metrics, record.updated, "")
 
 
 @pytest.mark.slow
@@ -50,6 +54,10 @@ def test_sigkill_never_loses_a_committed_task(tmp_path: Path) -> None:
     assert len(returned) == 8, "the writer should have completed commits of every task"
     assert mid_write > 0, "no kill landed inside a commit: the test would prove nothing"
     assert_every_task_loads(Bank(bank.path))
+    healthy = [Bank(bank.path).load(name, with_tensors=False) for name in bank.tasks()]
+    if Bank(bank.path).catalog_disagreements(healthy):  # killed between a task file and its row: repairable
+        Bank(bank.path).rewrite_catalog()
+    assert not Bank(bank.path).catalog_disagreements(healthy)
     for name, last in returned.items():
         stored = Bank(bank.path).load(name)
         seed_stored = stored.training["seed"]
@@ -68,3 +76,6 @@ def test_four_writers_forty_tasks(tmp_path: Path) -> None:
     assert names == sorted(f"p{j}-{i}" for j in range(4) for i in range(10))
     assert_every_task_loads(Bank(bank.path))
     assert not list(bank.path.glob("tasks/.tmp-*"))
+    healthy = [Bank(bank.path).load(name, with_tensors=False) for name in names]
+    assert not Bank(bank.path).catalog_disagreements(healthy)  # every writer's row, none lost
+    assert Bank(bank.path).catalog.generation() == 1 + len(names)  # made empty, then one change per commit

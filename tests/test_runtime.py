@@ -6,7 +6,6 @@ import copy
 import platform
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -115,9 +114,10 @@ def test_new_tasks_serve_at_once_and_reload_sees_replaced_and_removed_ones(bank:
     x = images(2, seed=8)
     first = runtime.predict(x, ["late", "f1"])  # read on its first request: no reload needed
     assert_close_relative(first[0][None], merged_alone(bank, "late", x[:1]))
-    late.load_state({"head.fc.weight": torch.randn(2, state["head.fc.weight"].shape[1])} | {
-        k: v for k, v in late.state(0).items() if k != "head.fc.weight"
-    })
+    late.load_state(
+        {"head.fc.weight": torch.randn(2, state["head.fc.weight"].shape[1])}
+        | {k: v for k, v in late.state(0).items() if k != "head.fc.weight"}
+    )
     commit(bank, task_record(late, "late"))  # replaced while resident: served as read until reload()
     assert torch.equal(runtime.predict(x[:1], ["late"])[0], first[0])
     runtime.reload()

@@ -75,8 +75,8 @@ def fill_bank(folder: Path, backbone: torch.nn.Module, arch: str, method: str, c
 
 def _distinct_bytes(runtime: TorchRuntime) -> int:
     seen: dict[int, int] = {}
-    for group in runtime.groups:
-        for t in [*group.parameters(), *group.buffers()]:
+    for group in runtime.groups.values():
+        for t in [*group.model.parameters(), *group.model.buffers()]:
             seen[t.data_ptr()] = t.numel() * t.element_size()
     return sum(seen.values())
 
@@ -162,7 +162,7 @@ def serve_benchmark(
             tuning = get_method(method)
             if resident and not tuning.trains_backbone and not tuning.caches_derived_weights:  # tensors only
                 many = fill_bank(Path(folder) / f"{method}-many", backbone, arch, method, resident, classes)
-                big = TorchRuntime(Path(folder) / f"{method}-many")
+                big = TorchRuntime(Path(folder) / f"{method}-many", preload=many)
                 per_task = sum(v.nbytes for v in big.bank.load(many[0]).tensors.values())
                 backbone_bytes = sum(t.numel() * t.element_size() for t in backbone_state(big.backbone).values())
                 memory.append(MemoryRow(method, resident, backbone_bytes, per_task * resident, _distinct_bytes(big)))
