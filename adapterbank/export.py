@@ -22,11 +22,13 @@ from torch import nn
 
 from adapterbank.anatomy import has_fixed_input_size
 from adapterbank.atomic_files import publish, temporaries
+from adapterbank.backbones import adapt_input_size
 from adapterbank.bank.store import Bank, TaskRecord, valid_task_name
-from adapterbank.bank.torch_bridge import load_tasks
+from adapterbank.bank.torch_bridge import load_backbone, load_record, load_tasks
 from adapterbank.data.preprocessing import Preprocessing, task_preprocessing
 from adapterbank.errors import AdapterBankError
 from adapterbank.methods import METHODS
+from adapterbank.methods.base import task_modules
 from adapterbank.ort_sessions import session
 from adapterbank.tuned import TunedModel
 
@@ -58,6 +60,28 @@ class MultiTaskGraph(nn.Module):
     def forward(self, images: torch.Tensor, task_id: torch.Tensor) -> torch.Tensor:
         with self.tuned.router.route(task_id):
             return self.tuned.model(images)
+
+
+class StackedTaskGraph(nn.Module):
+    """(images, task_id, *stacks) -> logits padded with -inf: every task tensor is an input, stacked along a leading
+    task axis (the head's also along a class axis), so one graph serves any tasks of its method, config and image
+    size. A runtime loads a task by writing its tensors into the stacks it feeds: no export per task."""
+
+    def __init__(self, model: TunedModel) -> None:
+        super().__init__()
+        self.tuned = model
+        self.keys = stacked_keys(model)
+
+    def forward(self, images: torch.Tensor, task_id: torch.Tensor, *stacks: torch.Tensor) -> torch.Tensor:
+        with self.tuned.router.route(task_id):
+            return torch.func.functional_call(self.tuned.model, dict(zip(self.keys, stacks, strict=True)), (images,))
+
+
+def stacked_keys(model: TunedModel) -> list[str]:
+    """The stacked graph's tensor inputs in order: every task tensor (named as the bank stores it), then the head's
+    mask of valid classes."""
+    keys = [f"{path}.{name}" for path, m in task_modules(model.model) for name, _ in m.named_parameters(recurse=False)]
+    return [*keys, f"{model.head_path}.valid"]
 
 
 def parity_batch(size: int, batch: int, seed: int = 0) -> torch.Tensor:
@@ -99,13 +123,22 @@ def prepare_out_dir(out: Path) -> None:
         raise AdapterBankError(f"output folder '{out}' is not writable: {exc.strerror or exc}") from exc
 
 
-def to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: Sequence[str], path: Path, opset: int) -> None:
-    """torch.onnx.export (torch.export-based) with a dynamic batch axis on every input.
+def to_onnx(
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    names: Sequence[str],
+    path: Path,
+    opset: int,
+    dynamic_shapes: tuple | None = None,
+) -> None:
+    """torch.onnx.export (torch.export-based) with a dynamic batch axis on every input (or `dynamic_shapes`).
 
     Traced with at least two samples: torch.export specialises a size-1 dimension, which would pin the batch.
     """
     batch = torch.export.Dim("batch", min=1, max=65536)
-    inputs = tuple(t if t.shape[0] >= 2 else t.repeat(2, *([1] * (t.ndim - 1))) for t in inputs)
+    if dynamic_shapes is None:
+        inputs = tuple(t if t.shape[0] >= 2 else t.repeat(2, *([1] * (t.ndim - 1))) for t in inputs)
+        dynamic_shapes = tuple({0: batch} for _ in inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter (shared axis names, deprecations) is not for users
         try:
@@ -116,7 +149,7 @@ def to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: Sequence
                 input_names=list(names),
                 output_names=["logits"],
                 opset_version=opset,
-                dynamic_shapes=tuple({0: batch} for _ in inputs),
+                dynamic_shapes=dynamic_shapes,
                 dynamo=True,
                 external_data=False,
                 verbose=False,
@@ -319,6 +352,72 @@ def export_multi_task(
                 "parity_batch": batch,
             },
         )
+    return ExportResult(graph, manifest, error, info)
+
+
+STACKED_FORMAT = 1  # bump when StackedTaskGraph's inputs change: cached graphs of another format are rebuilt
+
+
+def stacked_graph_name(bank: Bank, record: TaskRecord, opset: int = DEFAULT_OPSET) -> str:
+    """The cache name of the stacked graph serving `record`'s kind (method, config, image size) on this backbone."""
+    size = task_preprocessing(record.training, bank.identity).size
+    kind = [STACKED_FORMAT, bank.identity.fingerprint, record.method, record.config, size, opset]
+    return "stacked-" + hashlib.sha256(json.dumps(kind, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def export_stacked(bank: Bank, record: TaskRecord, out: Path, opset: int = DEFAULT_OPSET) -> ExportResult:
+    """The stacked graph (StackedTaskGraph) of `record`'s kind, checked in ONNX Runtime against PyTorch on two
+    task slots (the record and a freshly initialised task of more classes), written as stacked_graph_name."""
+    if record.method not in MULTI_TASK_METHODS:
+        raise AdapterBankError(f"method {record.method} has no stacked graph: its tasks are exported one by one")
+    check_opset(opset)
+    name = stacked_graph_name(bank, record, opset)
+    size = task_preprocessing(record.training, bank.identity).size
+    base = load_backbone(bank)
+    adapt_input_size(base, size)
+    classes = len(record.class_names)
+    model = TunedModel(
+        base, bank.identity.arch, record.method, [classes, classes + 3], record.config, bank.identity.fingerprint
+    ).eval()  # tasks 2 and classes >= 4: torch.export keeps both axes dynamic (it pins sizes 0 and 1)
+    load_record(model, record, 0)
+    graph_module = StackedTaskGraph(model).eval()
+    tensors = {**dict(model.model.named_parameters()), **dict(model.model.named_buffers())}
+    stacks = tuple(tensors[key].detach() for key in graph_module.keys)
+    images, task_id = parity_batch(size, 4), torch.tensor([0, 1, 1, 0])
+    with torch.no_grad():
+        expected = graph_module(images, task_id, *stacks).numpy()
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    tasks = torch.export.Dim("tasks", min=1, max=1 << 24)
+    width = torch.export.Dim("classes", min=1, max=1 << 24)
+    head = f"{model.head_path}."
+    stacked_axes = tuple({0: tasks, 1: width} if key.startswith(head) else {0: tasks} for key in graph_module.keys)
+    inputs = [f"stack{i}" for i in range(len(stacks))]
+    out.mkdir(parents=True, exist_ok=True)
+    graph, manifest = out / f"{name}.onnx", out / f"{name}.json"
+    with temporaries(graph, manifest) as (graph_tmp, manifest_tmp):
+        to_onnx(
+            graph_module, (images, task_id, *stacks), ["images", "task_id", *inputs], graph_tmp, opset,
+            dynamic_shapes=({0: batch}, {0: batch}, stacked_axes),
+        )  # fmt: skip
+        check_written_opset(graph_tmp, opset)
+        feeds = {"images": images.numpy(), "task_id": task_id.numpy()}
+        feeds |= {i: s.numpy() for i, s in zip(inputs, stacks, strict=True)}
+        error = check_parity(run_graph(graph_tmp, feeds), expected, False, f"stacked graph of task '{record.name}'")
+        info = {
+            "stacked": True,
+            "method": record.method,
+            "config": record.config,
+            "backbone": bank.identity.arch,
+            "fingerprint": bank.identity.fingerprint,
+            "resolution": resolution(bank, model, size),
+            "opset": opset,
+            "inputs": {"images": ["batch", 3, size, size], "task_id": ["batch"]},
+            "stacks": dict(zip(inputs, graph_module.keys, strict=True)),
+            "head": model.head_path,
+            "parity_max_abs_error": error,
+            "built_from": {},  # any task of its kind: never stale
+        }
+        info = _publish(graph_tmp, manifest_tmp, graph, manifest, info)
     return ExportResult(graph, manifest, error, info)
 
 

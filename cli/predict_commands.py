@@ -26,16 +26,33 @@ def predict(
     snell_cache_mb: int = typer.Option(
         1024, "--snell-cache-mb", min=0, help="torch backend: memory for SNELL tasks' merged weights (LRU)."
     ),
+    task_cache_mb: int | None = typer.Option(
+        None,
+        "--task-cache-mb",
+        min=1,
+        help="Memory for resident tasks' tensors (least recently used out; default: no limit).",
+    ),
+    preload: str = typer.Option("", "--preload", help="Comma-separated hot tasks to load before the first batch."),
 ) -> None:
     """Predict a batch stream mixing many tasks; rows come back in input order. Exit 1 if any row failed."""
     from adapterbank.process import serving_process
 
+    hot = [name.strip() for name in preload.split(",") if name.strip()]
+    cache = task_cache_mb << 20 if task_cache_mb is not None else None
     with serving_process():  # this process serves batch after batch: reuse their memory instead of faulting it in
-        _predict(requests, bank, out, backend, batch_size, top_k, snell_cache_mb)
+        _predict(requests, bank, out, backend, batch_size, top_k, snell_cache_mb, cache, hot)
 
 
 def _predict(
-    requests: Path, bank: Path, out: Path | None, backend: str, batch_size: int, top_k: int, snell_cache_mb: int
+    requests: Path,
+    bank: Path,
+    out: Path | None,
+    backend: str,
+    batch_size: int,
+    top_k: int,
+    snell_cache_mb: int,
+    task_cache_bytes: int | None,
+    preload: list[str],
 ) -> None:
     from adapterbank.runtime import ONNXRuntime, TorchRuntime
     from adapterbank.runtime.requests import answer, read_requests
@@ -45,7 +62,12 @@ def _predict(
     if out is not None and (out.is_dir() or not out.parent.is_dir()):
         raise AdapterBankError(f"--out '{out}' must name a file in an existing folder")
     rows = read_requests(requests)
-    runtime = TorchRuntime(bank, snell_cache_bytes=snell_cache_mb << 20) if backend == "torch" else ONNXRuntime(bank)
+    if backend == "torch":
+        runtime = TorchRuntime(
+            bank, snell_cache_bytes=snell_cache_mb << 20, task_cache_bytes=task_cache_bytes, preload=preload
+        )
+    else:
+        runtime = ONNXRuntime(bank, task_cache_bytes=task_cache_bytes, preload=preload)
     failed = 0
     # written beside the target and renamed when complete: a run that dies leaves no truncated answers file
     partial = temporary_path(out) if out else None

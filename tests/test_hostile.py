@@ -14,7 +14,7 @@ import torch
 from adapterbank import AdapterBankError, TunedModel, create_backbone
 from adapterbank.atomic_files import TEMP_PREFIX
 from adapterbank.bank.store import Bank
-from adapterbank.bank.torch_bridge import commit, create_bank, task_record
+from adapterbank.bank.torch_bridge import commit, create_bank, load_backbone, task_record
 from adapterbank.training.resume import RunFolder
 from tests.helpers import SHARED_DATA, cli_in_process, one_line_error, run_cli, train_args
 
@@ -524,11 +524,15 @@ def test_verify_prunes_graphs_of_replaced_tasks(fuzz_bank: Path, tmp_path: Path)
     bank_dir = tmp_path / "bank"
     shutil.copytree(fuzz_bank, bank_dir)
     bank = Bank(bank_dir)
-    runtime = ONNXRuntime(bank, tasks=["good_ssf"])
-    assert len(list(runtime.cache_dir.glob("*.onnx"))) == 1
-    commit(bank, bank.load("good_ssf"))  # a new version: the cached graph is stale
-    assert any("stale" in line for line in verify(bank).fixed)
-    assert not list(runtime.cache_dir.glob("*.onnx"))
+    owned = TunedModel(load_backbone(bank), "test_resnet", "full", [3], None, bank.identity.fingerprint)
+    commit(bank, task_record(owned.eval(), "owned"))  # a task with a merged graph of its own
+    runtime = ONNXRuntime(bank, tasks=["good_ssf", "owned"])
+    graphs = sorted(p.name for p in runtime.cache_dir.glob("*.onnx"))
+    assert len(graphs) == 2 and graphs[0].startswith("stacked-")  # SSF's stacked graph serves any SSF task
+    commit(bank, bank.load("good_ssf"))
+    commit(bank, bank.load("owned"))  # a new version: its own graph is stale, the stacked one is not
+    assert any("1 stale" in line for line in verify(bank).fixed)
+    assert sorted(p.name for p in runtime.cache_dir.glob("*.onnx")) == graphs[:1]
 
 
 def test_a_binary_request_file_is_one_line(fuzz_bank: Path, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from adapterbank.bank.store import Bank
 from adapterbank.bank.torch_bridge import commit, create_bank, load_backbone, task_record
 from adapterbank.inspection import perturb_task_parameters
 from adapterbank.runtime import TorchRuntime
-from adapterbank.runtime.torch_runtime import SLACK
+from adapterbank.runtime.slots import SLACK
 from tests.helpers import cli_in_process, images
 
 ARCH = "test_vit"  # timm's tiny ViT: hundreds of tasks commit in seconds
@@ -93,7 +93,7 @@ def test_a_small_budget_serves_every_task_as_a_runtime_holding_all(bank: Bank) -
         assert small.resident_bytes <= budget or set(small.resident.tasks) <= set(batch)
         assert set(batch) <= set(small.resident.tasks)  # the batch in flight is never evicted
         for group in small.groups.values():  # resized in place: free slots stay within 5%
-            assert len(group.owners) - len(group.slots) <= len(group.owners) // SLACK
+            assert len(group.table.owners) - len(group.slots) <= len(group.table.owners) // SLACK
     assert evicted > 200 and len(everything.resident.tasks) == len(names)
     ssf_group = next(g for g in everything.groups.values() if g.model.method.name == "ssf")
     held = len(ssf_group.slots) * _task_bytes(bank, "ssf-0")

@@ -1,19 +1,22 @@
-"""ONNX Runtime backend with the TorchRuntime interface: `predict(images, tasks)`, `reload()`.
+"""ONNX Runtime backend with the TorchRuntime interface: `predict(images, tasks)`, `prepare`, `reload()`.
 
-Tasks of SSF, BitFit, LoRA, linear probes and the U-Tuning family (adapter, prefix, prompt, utuning) are served
-by one multi-task graph per (method, config) group: one session, per-sample `task_id`. SNELL and full tasks get
-their merged per-task graphs. Optionally, initializers found in several graphs (a SNELL task leaves norms,
-embeddings and depthwise convs untouched; every multi-task graph holds the frozen backbone) are loaded once and
-shared between sessions with `SessionOptions.add_initializer`. Graphs are cached outside the bank (see
-`graph_cache`) and rebuilt when a task's `updated` time changes or a graph's bytes do not match its manifest.
+Tasks are read on first request, as in TorchRuntime (resident.ResidentRuntime: an LRU under a byte budget).
+Tasks of SSF, BitFit, LoRA, linear probes and the U-Tuning family (adapter, prefix, prompt, utuning) are served by
+one stacked graph per (method, config, image size): every task tensor is a graph input, stacked along a task axis,
+so loading a task writes its tensors into numpy stacks (slots.SlotTable) and no graph is exported per task; the
+stacks are fed whole with each batch (ONNX Runtime reads CPU inputs in place) with a per-sample `task_id`. SNELL
+and full tasks get their merged per-task graphs. Optionally, large initializers are loaded once into a pool and
+handed to every session holding the same one (a SNELL task leaves norms, embeddings and depthwise convs untouched)
+with `SessionOptions.add_initializer`. Graphs are cached outside the bank (see `graph_cache`): a stacked graph is built
+once per kind, a per-task graph again when its task's `updated` time changes; a graph whose bytes do not match its
+manifest is rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,135 +27,153 @@ from onnx import numpy_helper
 
 from adapterbank.atomic_files import write_whole
 from adapterbank.bank.store import Bank, TaskRecord
-from adapterbank.data.preprocessing import task_preprocessing
-from adapterbank.export import MULTI_TASK_METHODS, export_multi_task, export_task
+from adapterbank.export import MULTI_TASK_METHODS, export_stacked, export_task, stacked_graph_name
 from adapterbank.graph_cache import bank_graph_folder, graph_problem
 from adapterbank.ort_sessions import session
-from adapterbank.runtime.slots import TaskSlot, load_healthy, rows_per_group
+from adapterbank.runtime.resident import ResidentRuntime
+from adapterbank.runtime.slots import SlotTable
 
 
-class _Group:
-    def __init__(self, sess: ort.InferenceSession, names: list[str], multi: bool) -> None:
-        self.session, self.names, self.multi = sess, names, multi
+class StackedGroup:
+    """Resident tasks of one kind: one session of the stacked graph and the numpy stacks fed to it."""
+
+    def __init__(self, sess: ort.InferenceSession, manifest: dict, record: TaskRecord) -> None:
+        self.session = sess
+        self.inputs: dict[str, str] = manifest["stacks"]  # graph input -> tensor key (or the head's valid mask)
+        self.head = manifest["head"] + "."
+        self.valid_key = self.head + "valid"
+        self.stacks: dict[str, np.ndarray] = {}
+        for key in self.inputs.values():
+            if key == self.valid_key:
+                self.stacks[key] = np.zeros((1, 1), dtype=bool)
+            else:
+                self.stacks[key] = np.zeros((1, *record.shapes[key]), dtype=np.float32)
+        self.table = SlotTable(self._resize)
+        self.table.width = len(record.class_names)
+        self._resize([], 1, len(record.class_names))
+
+    def _resize(self, keep: Sequence[int], capacity: int, width: int) -> None:
+        for key, old in self.stacks.items():
+            shape = list(old.shape)
+            shape[0] = capacity
+            if key.startswith(self.head):
+                shape[1] = max(width, shape[1])
+            new = np.zeros(shape, dtype=old.dtype)
+            new[(slice(0, len(keep)), *(slice(0, d) for d in old.shape[1:]))] = old[list(keep)]
+            self.stacks[key] = new
+
+    def add(self, record: TaskRecord) -> int:
+        classes = len(record.class_names)
+        slot = self.table.add(record.name, classes)
+        for key, stack in self.stacks.items():
+            if key == self.valid_key:
+                stack[slot] = np.arange(stack.shape[1]) < classes
+            else:
+                stack[slot] = 0.0
+                stack[(slot, *(slice(0, d) for d in record.tensors[key].shape))] = record.tensors[key]
+        return sum(s.nbytes for s in self.stacks.values()) // len(self.table.owners)
+
+    def run(self, images: np.ndarray, slots: list[int]) -> np.ndarray:
+        feeds = {"images": images, "task_id": np.asarray(slots, dtype=np.int64)}
+        feeds |= {name: self.stacks[key] for name, key in self.inputs.items()}
+        return self.session.run(["logits"], feeds)[0]
 
 
-class ONNXRuntime:
+class TaskGraph:
+    """One task with a merged graph of its own (SNELL, full)."""
+
+    def __init__(self, sess: ort.InferenceSession, name: str) -> None:
+        self.session = sess
+        self.table = SlotTable(lambda keep, capacity, width: None)
+        self.table.add(name, 1)
+
+    def run(self, images: np.ndarray, slots: list[int]) -> np.ndarray:
+        return self.session.run(["logits"], {"images": images})[0]
+
+
+class ONNXRuntime(ResidentRuntime[StackedGroup | TaskGraph]):
     def __init__(
-        self, bank: str | Path | Bank, tasks: Sequence[str] | None = None, share_initializers: bool = False
+        self,
+        bank: str | Path | Bank,
+        tasks: Sequence[str] | None = None,
+        share_initializers: bool = False,
+        task_cache_bytes: int | None = None,
+        preload: Sequence[str] = (),
     ) -> None:
-        """`share_initializers`: hand initializers that several graphs hold to every session once. Off by default:
-        on CPU it measured more resident memory, not less (docs/benchmarks.md#onnx-runtime-memory)."""
-        self.bank = bank if isinstance(bank, Bank) else Bank(bank)
-        self.only = list(tasks) if tasks is not None else None
+        """`share_initializers`: large initializers from one pool shared by every session. Off by default:
+        on CPU it measured more resident memory, not less (docs/benchmarks.md#onnx-runtime-memory). The other
+        arguments are TorchRuntime's."""
+        super().__init__(bank if isinstance(bank, Bank) else Bank(bank), tasks, task_cache_bytes, preload)
         self.share = share_initializers
         self.cache_dir = bank_graph_folder(self.bank)
-        self._shared: dict[tuple[str, str], ort.OrtValue] = {}  # (name, sha256) -> one copy for all sessions
-        self.groups: list[_Group] = []
-        self.tasks: dict[str, TaskSlot] = {}
-        self.broken: dict[str, str] = {}  # tasks of the bank that fail to load, with the reason: never served
-        self.reload()
+        self._shared: dict[tuple[str, str], tuple[ort.OrtValue, int]] = {}  # (name, sha256) -> (value, users)
+        self._held: dict[int, list[tuple[str, str]]] = {}  # id(session) -> the shared initializers it uses
+        self._start(tasks, preload)
 
-    def _graph(self, key: str, members: list[TaskRecord], build) -> Path:
-        """The cached graph of `key`, (re)built when missing, damaged or stale; its manifest records what it was
+    def _graph(self, name: str, built_from: dict[str, str], build: Callable[[str], object]) -> Path:
+        """The cached graph `name`, (re)built when missing, damaged or stale; its manifest records what it was
         built from."""
-        path = self.cache_dir / f"{key}.onnx"
-        built_from = {r.name: r.updated for r in members}
+        path = self.cache_dir / f"{name}.onnx"
         if not path.is_file() or graph_problem(path, built_from) is not None:
-            build(path.stem)
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            build(name)
             manifest = path.with_suffix(".json")
             info = {**json.loads(manifest.read_text()), "built_from": built_from}
             write_whole(manifest, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))  # others may be reading
         return path
 
-    def _sessions(self, paths: list[Path]) -> list[ort.InferenceSession]:
-        """One session per graph; an initializer found (same name, same bytes) in several graphs is loaded once and
-        handed to each of them. Unique initializers stay inside their session: holding them here too would only
-        add a copy."""
+    def _place(self, record: TaskRecord) -> tuple[StackedGroup | TaskGraph, int]:
+        if record.method not in MULTI_TASK_METHODS:
+            stamp = hashlib.sha256(json.dumps([record.name, record.updated]).encode()).hexdigest()[:16]
+            path = self._graph(
+                f"task-{stamp}",
+                {record.name: record.updated},
+                lambda name: export_task(self.bank, record.name, self.cache_dir, name=name),
+            )
+            group = TaskGraph(self._session(path), record.name)
+            self.groups["task:" + record.name] = group
+            return group, path.stat().st_size
+        name = stacked_graph_name(self.bank, record)
+        if name not in self.groups:
+            path = self._graph(name, {}, lambda _: export_stacked(self.bank, record, self.cache_dir))
+            manifest = json.loads(path.with_suffix(".json").read_text())
+            self.groups[name] = StackedGroup(self._session(path), manifest, record)
+        group = self.groups[name]
+        return group, group.add(record)
+
+    def _evict(self, name: str, task) -> None:
+        super()._evict(name, task)
+        if not task.placement.table.slots:
+            self._release(task.placement.session)
+
+    def _run(self, group: StackedGroup | TaskGraph, images: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        return torch.from_numpy(group.run(images.detach().cpu().float().numpy(), slots))
+
+    def _session(self, path: Path) -> ort.InferenceSession:
+        """A session of `path`; with `share_initializers`, its large initializers come from one pool shared by
+        every session (counted by users, released with the last one)."""
         if not self.share:
-            return [session(path) for path in paths]
-        found: list[list[tuple[str, tuple[str, str], onnx.TensorProto]]] = []
-        counts: Counter[tuple[str, str]] = Counter()
-        for path in paths:
-            entries = []
-            for init in onnx.load(str(path), load_external_data=False).graph.initializer:
-                if np.prod(init.dims) < 1024:
-                    continue  # small tensors are not worth sharing
-                key = (init.name, hashlib.sha256(init.raw_data or init.SerializeToString()).hexdigest())
-                entries.append((init.name, key, init))
-            counts.update({key for _, key, _ in entries})
-            found.append(entries)
-        shared = {key for key, count in counts.items() if count > 1}
-        self._shared = {k: v for k, v in self._shared.items() if k in shared}
-        sessions = []
-        for path, entries in zip(paths, found, strict=True):
-            options = ort.SessionOptions()
-            for name, key, init in entries:
-                if key in shared:
-                    if key not in self._shared:
-                        array = np.ascontiguousarray(numpy_helper.to_array(init))
-                        self._shared[key] = ort.OrtValue.ortvalue_from_numpy(array)
-                    options.add_initializer(name, self._shared[key])
-            sessions.append(session(path, options))
-        return sessions
+            return session(path)
+        options, used = ort.SessionOptions(), []
+        for init in onnx.load(str(path), load_external_data=False).graph.initializer:
+            if np.prod(init.dims) < 1024:
+                continue  # small tensors are not worth sharing
+            key = (init.name, hashlib.sha256(init.raw_data or init.SerializeToString()).hexdigest())
+            value, users = self._shared.get(key) or (
+                ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(init))),
+                0,
+            )
+            self._shared[key] = (value, users + 1)
+            options.add_initializer(init.name, value)
+            used.append(key)
+        sess = session(path, options)
+        self._held[id(sess)] = used
+        return sess
 
-    def reload(self) -> None:
-        names = self.only if self.only is not None else self.bank.tasks()
-        records, self.broken = load_healthy(
-            self.bank, names, explicit=self.only is not None
-        )  # checksums too: graphs are built from them
-        grouped: dict[str, list[TaskRecord]] = {}
-        for record in records:
-            if record.method in MULTI_TASK_METHODS:  # a graph has one input size: sizes group apart
-                size = task_preprocessing(record.training, self.bank.identity).size
-                key = json.dumps([record.method, record.config, size], sort_keys=True)
+    def _release(self, sess: ort.InferenceSession) -> None:
+        for key in self._held.pop(id(sess), []):
+            value, users = self._shared[key]
+            if users > 1:
+                self._shared[key] = (value, users - 1)
             else:
-                key = "task:" + record.name
-            grouped.setdefault(key, []).append(record)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        groups, tasks = [], {}
-        for key, members in grouped.items():
-            stamp = hashlib.sha256(json.dumps([key, [(r.name, r.updated) for r in members]]).encode()).hexdigest()[:16]
-            multi = not key.startswith("task:")
-            if multi:
-                path = self._graph(
-                    stamp,
-                    members,
-                    lambda stem, m=members: export_multi_task(
-                        self.bank, [r.name for r in m], stem, self.cache_dir, batch=max(2, len(m))
-                    ),
-                )
-            else:
-                path = self._graph(
-                    stamp, members, lambda stem, r=members[0]: export_task(self.bank, r.name, self.cache_dir, name=stem)
-                )
-            for slot, record in enumerate(members):
-                tasks[record.name] = TaskSlot(len(groups), slot, record.class_names, record)
-            groups.append((path, [r.name for r in members], multi))
-        sessions = self._sessions([path for path, _, _ in groups])
-        self.groups = [_Group(sess, names, multi) for sess, (_, names, multi) in zip(sessions, groups, strict=True)]
-        self.tasks = tasks
-
-    def task_names(self) -> list[str]:
-        return list(self.tasks)
-
-    def prepare(self, names: Sequence[str]) -> dict[str, str]:
-        """{name: why} of the tasks of `names` this runtime cannot serve (every served task is loaded already)."""
-        return {n: self.broken.get(n, f"unknown task '{n[:200]}'") for n in dict.fromkeys(names) if n not in self.tasks}
-
-    def describe(self, name: str) -> TaskRecord:
-        return self.tasks[name].record
-
-    def predict(self, images: torch.Tensor, tasks: Sequence[str]) -> list[torch.Tensor]:
-        rows_by_group = rows_per_group(images, tasks, self.tasks)
-        array = images.detach().cpu().float().numpy()
-        out: list[torch.Tensor | None] = [None] * len(tasks)
-        for group_index, rows in rows_by_group.items():
-            group = self.groups[group_index]
-            feeds = {"images": array[rows]}
-            if group.multi:
-                feeds["task_id"] = np.array([self.tasks[tasks[r]].slot for r in rows], dtype=np.int64)
-            logits = group.session.run(["logits"], feeds)[0]
-            for i, row in enumerate(rows):
-                classes = len(self.tasks[tasks[row]].class_names)
-                out[row] = torch.from_numpy(logits[i, :classes].copy())
-        return out  # type: ignore[return-value]
+                del self._shared[key]

@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
+
+import torch
 
 from adapterbank.bank.catalog import file_key
 from adapterbank.bank.store import Bank, TaskRecord, valid_task_name
 from adapterbank.errors import AdapterBankError
-from adapterbank.runtime.slots import UNTRUSTED_RECORD_ERRORS, check_record
+from adapterbank.runtime.slots import UNTRUSTED_RECORD_ERRORS, SlotTable, check_record
 
 Placement = TypeVar("Placement")
 
@@ -107,3 +109,96 @@ class ResidentSet(Generic[Placement]):
 
 def _without_tensors(record: TaskRecord) -> TaskRecord:
     return replace(record, tensors={}, shapes=dict(record.shapes))
+
+
+class Group(Protocol):
+    """Resident tasks computed together (one model or one graph), each in a slot of `table`."""
+
+    table: SlotTable
+
+
+G = TypeVar("G", bound=Group)
+
+
+class ResidentRuntime(Generic[G]):
+    """What both runtimes share: tasks read on first request into groups, `predict` split by group only.
+    Subclasses say how a record joins a group (`_place`) and how a group computes its rows (`_run`)."""
+
+    def __init__(
+        self, bank: Bank, tasks: Sequence[str] | None, task_cache_bytes: int | None, preload: Sequence[str]
+    ) -> None:
+        self.bank = bank
+        self.groups: dict[str, G] = {}
+        only = frozenset(tasks) if tasks is not None else None
+        self.resident: ResidentSet[G] = ResidentSet(bank, self._place, self._evict, task_cache_bytes, only)
+        if tasks is not None:
+            missing = [name for name in tasks if name not in bank.tasks()]
+            if missing:
+                raise AdapterBankError(f"no task '{missing[0]}' in bank '{bank.path}'")
+
+    def _start(self, tasks: Sequence[str] | None, preload: Sequence[str]) -> None:
+        """Load the tasks asked for by name and the hot ones; `broken`: those that cannot be served, and why."""
+        self.broken = self.prepare([*(tasks or ()), *preload])
+
+    def _place(self, record: TaskRecord) -> tuple[G, int]:
+        """Put a checked record into a group (made if needed); returns it and what holding the task costs."""
+        raise NotImplementedError
+
+    def _run(self, group: G, images: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        """Logits (rows, classes padded) of `images`, row i under the task in slot slots[i]."""
+        raise NotImplementedError
+
+    def _evict(self, name: str, task: ResidentTask[G]) -> None:
+        task.placement.table.remove(name)
+
+    def _compact(self) -> None:
+        for key, group in list(self.groups.items()):
+            if not group.table.slots:
+                del self.groups[key]  # its model or session goes with it
+            else:
+                group.table.compact()
+
+    def prepare(self, names: Sequence[str]) -> dict[str, str]:
+        """Make `names` resident (least recently used tasks out if over budget); {name: why} of those that cannot
+        be served."""
+        problems = self.resident.prepare(names)
+        self._compact()
+        return problems
+
+    def reload(self) -> None:
+        """Serve the bank as it is now: a resident task whose file changed or went is dropped (read again on its
+        next request); new tasks need nothing (they are read on first request)."""
+        for name in self.resident.changed():
+            self.resident.drop(name)
+        self._compact()
+
+    def describe(self, name: str) -> TaskRecord:
+        """A resident task's record (no tensors): class names, training, preprocessing."""
+        return self.resident.tasks[name].record
+
+    def task_names(self) -> list[str]:
+        """Every task this runtime may be asked for (resident or not)."""
+        names = self.bank.tasks()
+        return [n for n in names if n in self.resident.only] if self.resident.only is not None else names
+
+    @property
+    def resident_bytes(self) -> int:
+        return self.resident.bytes
+
+    def predict(self, images: torch.Tensor, tasks: Sequence[str]) -> list[torch.Tensor]:
+        """Logits of each sample under its own task (each of that task's class count), in input order."""
+        if len(tasks) != images.shape[0]:
+            raise AdapterBankError(f"{images.shape[0]} images but {len(tasks)} task names")
+        self.resident.require(tasks)
+        self._compact()
+        rows_by_group: dict[int, list[int]] = {}
+        for row, name in enumerate(tasks):
+            rows_by_group.setdefault(id(self.resident.tasks[name].placement), []).append(row)
+        out: list[torch.Tensor | None] = [None] * len(tasks)
+        for rows in rows_by_group.values():
+            group = self.resident.tasks[tasks[rows[0]]].placement
+            slots = [group.table.slots[tasks[r]] for r in rows]
+            logits = self._run(group, images[rows] if len(rows) < len(tasks) else images, slots)
+            for i, row in enumerate(rows):
+                out[row] = logits[i, : len(self.resident.tasks[tasks[row]].record.class_names)].float().cpu()
+        return out  # type: ignore[return-value]

@@ -1,37 +1,60 @@
-"""Where a served task lives: its group (one model or graph per group), its slot in the group, its record."""
+"""Resident tasks in stacked slots: which task holds which slot, and how the stacks grow and shrink; and how a
+banked task is read as untrusted data before it takes a slot."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-
-import torch
+from collections.abc import Callable, Sequence
 
 from adapterbank.bank.store import Bank, TaskRecord
 from adapterbank.bank.torch_bridge import check_record_shapes
 from adapterbank.data.preprocessing import task_preprocessing
 from adapterbank.errors import AdapterBankError
 
+GROWTH = 50  # a full table grows by 1 slot per 50 held (2%)
+SLACK = 20  # a table with more than 1 free slot per 20 held (5%) is compacted
 
-@dataclass
-class TaskSlot:
-    group: int
-    slot: int
-    class_names: list[str]
-    record: TaskRecord
+# resize(keep, capacity, max_classes): keep the tasks of slots `keep` as slots 0..len(keep)-1 of `capacity` slots,
+# the class axis of the head at least `max_classes` wide
+Resize = Callable[[Sequence[int], int, int], None]
 
 
-def rows_per_group(images: torch.Tensor, tasks: Sequence[str], served: Mapping[str, TaskSlot]) -> dict[int, list[int]]:
-    """Validate a request batch and split its rows by the group (model or graph) that serves each task."""
-    if len(tasks) != images.shape[0]:
-        raise AdapterBankError(f"{images.shape[0]} images but {len(tasks)} task names")
-    unknown = sorted({t for t in tasks if t not in served})
-    if unknown:
-        raise AdapterBankError(f"unknown task '{unknown[0]}' (serving: {', '.join(served) or 'none'})")
-    groups: dict[int, list[int]] = {}
-    for row, name in enumerate(tasks):
-        groups.setdefault(served[name].group, []).append(row)
-    return groups
+class SlotTable:
+    """Which task holds which slot of a group's stacked tensors. A full table grows by about 2% (amortised
+    copies), one with more than 5% free slots is compacted: the stacks hold the resident tasks' tensors plus at most
+    5%. Every resize renumbers the slots; read `slots` after add/compact."""
+
+    def __init__(self, resize: Resize, capacity: int = 1) -> None:
+        self.resize = resize
+        self.owners: list[str | None] = [None] * capacity
+        self.slots: dict[str, int] = {}
+        self.width = 1  # classes the head stacks hold
+
+    def add(self, name: str, classes: int) -> int:
+        free = next((i for i, owner in enumerate(self.owners) if owner is None), None)
+        if free is None or classes > self.width:
+            held = len(self.slots)
+            self._resize(held + 1 + held // GROWTH, max(classes, self.width))
+            free = held
+        self.owners[free] = name
+        self.slots[name] = free
+        return free
+
+    def remove(self, name: str) -> None:
+        self.owners[self.slots.pop(name)] = None
+
+    def compact(self) -> None:
+        if self.slots and len(self.owners) - len(self.slots) > len(self.owners) // SLACK:
+            self._resize(len(self.slots), self.width)
+
+    def _resize(self, capacity: int, width: int) -> None:
+        keep = sorted(self.slots.values())
+        self.resize(keep, capacity, width)
+        self.width = width
+        renumbered = {old: new for new, old in enumerate(keep)}
+        self.slots = {name: renumbered[slot] for name, slot in self.slots.items()}
+        self.owners = [None] * capacity
+        for name, slot in self.slots.items():
+            self.owners[slot] = name
 
 
 # What a crafted record can make the checks below raise besides AdapterBankError: all mean "this task is bad".
@@ -48,9 +71,9 @@ def check_record(bank: Bank, name: str) -> TaskRecord:
     return record
 
 
-def load_healthy(bank: Bank, names: Sequence[str], explicit: bool = False) -> tuple[list[TaskRecord], dict[str, str]]:
+def load_healthy(bank: Bank, names: Sequence[str]) -> tuple[list[TaskRecord], dict[str, str]]:
     """(records that pass `check_record`, {name: reason} of those that do not): one bad task never stops the
-    others. A task removed since the listing is left out, unless it was asked for by name (`explicit`)."""
+    others. A task removed since the listing is left out."""
     records, broken = [], {}
     for name in names:
         try:
@@ -59,6 +82,4 @@ def load_healthy(bank: Bank, names: Sequence[str], explicit: bool = False) -> tu
             file = bank.task_file(name)
             if file.exists() or file.is_symlink():
                 broken[name] = str(exc) if isinstance(exc, AdapterBankError) else f"task '{name}': malformed ({exc})"
-            elif explicit:
-                raise AdapterBankError(f"no task '{name}' in bank '{bank.path}'") from exc
     return records, broken
