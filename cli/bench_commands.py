@@ -208,6 +208,41 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="bench")
 
 
+@app.command("scale")
+def scale(
+    tasks: str = typer.Option("100,1000,10000", help="Bank sizes (tasks stored), filled in steps."),
+    backbone: str = typer.Option("tf_efficientnet_lite0"),
+    methods: str = typer.Option("ssf,lora,snell"),
+    snell_largest: int = typer.Option(1000, help="SNELL is measured up to this size (its files are the largest)."),
+    batch: int = typer.Option(64, min=8, help="Images per batch (at least the 8 hot tasks)."),
+    folder: Path | None = typer.Option(None, help="Where the banks are built (default: the system's temp folder)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Cost against tasks stored: commit, bank ls, runtime start, cold request, mixed throughput, reload, memory."""
+    from adapterbank.benchmarks.scale import scale_benchmark
+    from adapterbank.methods import get_method
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    for name in names:
+        get_method(name)
+    rows = scale_benchmark(backbone, names, _ints(tasks), batch, largest={"snell": snell_largest}, folder=folder)
+    if as_json:
+        typer.echo(json.dumps([row.__dict__ for row in rows], indent=2))
+        return
+    table = Table(
+        "method", "tasks", "commit ms", "bank ls s", "start s", "cold +ms", "mixed img/s", "vs single",
+        "reload ms", "stacks/tensors", "RSS +MiB", "backbone+tasks MiB",
+    )  # fmt: skip
+    for r in rows:
+        table.add_row(
+            r.method, f"{r.tasks:,}", f"{r.commit_ms:.1f}", f"{r.ls_s:.2f}", f"{r.start_s:.2f}", f"{r.cold_ms:.0f}",
+            f"{r.mixed_ips:.1f}", f"{r.mixed_ips / r.single_ips:.2f}x", f"{r.reload_ms:.2f}", f"{r.stack_ratio:.3f}",
+            f"{r.rss_growth_mib:.0f}", f"{r.backbone_mib + r.task_mib:.0f}",
+        )  # fmt: skip
+    table.caption = f"{backbone}, batch {batch}, 8 hot tasks; cold: one never-served task in a batch of the 8"
+    console.print(table)
+
+
 @app.command("onnx-memory")
 def onnx_memory(
     backbone: str = typer.Option("vit_base_patch16_224"),
