@@ -27,3 +27,12 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, LARGEST)) and bool(mallopt(M_TRIM_THRESHOLD, LARGEST))
+
+
+def trim_freed_memory() -> bool:
+    """Hand memory the heap holds free back to the OS (glibc malloc_trim): what a process then holds is what is
+    live. For measurements; False where the C library is not glibc."""
+    try:
+        return bool(ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0))
+    except (OSError, AttributeError, TypeError):
+        return False

@@ -219,25 +219,31 @@ def scale(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Cost against tasks stored: commit, bank ls, runtime start, cold request, mixed throughput, reload, memory."""
-    from adapterbank.benchmarks.scale import scale_benchmark
+    import dataclasses
+
+    from adapterbank.benchmarks.scale import RESIDENT, scale_benchmark
     from adapterbank.methods import get_method
+    from adapterbank.process import serving_process
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for name in names:
         get_method(name)
-    rows = scale_benchmark(backbone, names, _ints(tasks), batch, largest={"snell": snell_largest}, folder=folder)
+    with serving_process():  # as predict serves
+        rows = scale_benchmark(backbone, names, _ints(tasks), batch, largest={"snell": snell_largest}, folder=folder)
     if as_json:
-        typer.echo(json.dumps([row.__dict__ for row in rows], indent=2))
+        typer.echo(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
         return
     table = Table(
         "method", "tasks", "commit ms", "bank ls s", "start s", "cold +ms", "mixed img/s", "vs single",
-        "reload ms", "stacks/tensors", "RSS +MiB", "backbone+tasks MiB",
+        "reload ms", "stacks / tensors", "opened MiB", f"+{RESIDENT} tasks MiB", "live MiB", "their tensors MiB",
+        "live / tensors",
     )  # fmt: skip
     for r in rows:
+        m = r.memory
         table.add_row(
             r.method, f"{r.tasks:,}", f"{r.commit_ms:.1f}", f"{r.ls_s:.2f}", f"{r.start_s:.2f}", f"{r.cold_ms:.0f}",
             f"{r.mixed_ips:.1f}", f"{r.mixed_ips / r.single_ips:.2f}x", f"{r.reload_ms:.2f}", f"{r.stack_ratio:.3f}",
-            f"{r.rss_growth_mib:.0f}", f"{r.backbone_mib + r.task_mib:.0f}",
+            f"{m.opened_mib:.0f}", f"{m.added_mib:.0f}", f"{m.live_mib:.0f}", f"{m.tensors_mib:.0f}", f"{m.ratio:.2f}x",
         )  # fmt: skip
     table.caption = f"{backbone}, batch {batch}, 8 hot tasks; cold: one never-served task in a batch of the 8"
     console.print(table)

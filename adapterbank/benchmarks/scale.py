@@ -4,13 +4,15 @@ One bank per method is filled in steps (the tasks of the smaller size are the fi
 each size, side by side: commit time per task, `bank ls` (the command, in a process of its own), runtime start,
 first request of a cold task (a batch of 8 hot tasks with one replaced by a task never served before, against the
 same batch all hot), steady mixed throughput over 8 hot tasks against one task alone, reload() after one commit,
-and memory (the runtime's task stacks against the resident tasks' own tensors, and the process's resident growth).
+and memory (the runtime's task stacks against the resident tasks' own tensors; and, in a fresh process serving 64
+tasks spread over the bank, its resident growth against backbone + those tasks' tensors).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import statistics
 import subprocess
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from adapterbank import TunedModel, create_backbone
+from adapterbank.allocator import trim_freed_memory
 from adapterbank.bank.store import Bank
 from adapterbank.bank.torch_bridge import create_bank, expected_shapes, task_record
 from adapterbank.benchmarks.timing import interleaved_medians
@@ -33,6 +36,27 @@ from adapterbank.runtime import TorchRuntime
 
 HOT = 8
 COLD_SAMPLES = 5
+
+
+@dataclass
+class MemoryRow:
+    """A fresh process holding 8 tasks, then RESIDENT more: the growth of its resident set against the added
+    tasks' tensors (the backbone and the runtime's fixed cost are in the first step, measured apart). Growing the
+    stacks frees their old copies, which glibc keeps in the heap (a serving process reuses it for activations), so
+    the growth is shown as the process holds it and as live memory after malloc_trim."""
+
+    resident_tasks: int
+    opened_mib: float  # resident growth from before the runtime to 8 tasks held (backbone, imports, models)
+    added_mib: float  # resident growth while RESIDENT more tasks joined
+    live_mib: float  # the same once the heap handed its free memory back (malloc_trim): what is in use
+    tensors_mib: float  # those tasks' tensors
+
+    @property
+    def ratio(self) -> float:
+        return self.live_mib / self.tensors_mib
+
+
+RESIDENT = 512
 
 
 @dataclass
@@ -47,10 +71,7 @@ class ScaleRow:
     single_ips: float  # images/s, batch of 64 of one task
     reload_ms: float  # reload() after one commit of a resident task
     stack_ratio: float  # the runtime's task stacks / the resident tasks' tensors
-    resident_tasks: int
-    rss_growth_mib: float  # process resident growth from before the runtime to after the measurements
-    backbone_mib: float
-    task_mib: float  # the resident tasks' tensors
+    memory: MemoryRow
 
 
 def _rss_mib() -> float:
@@ -84,9 +105,33 @@ def _ls_seconds(bank: Bank) -> float:
     return min(runs)
 
 
+def measure_memory(bank: Bank, tasks: int) -> MemoryRow:
+    """In this (fresh) process: open a runtime with the 8 hot tasks, then make up to RESIDENT more tasks spread
+    over the bank resident (what a runtime holds between batches; a batch's activations and SNELL's merged-weight
+    cache come on top)."""
+    before = _rss_mib()
+    runtime = TorchRuntime(bank, preload=[f"t{i:05d}" for i in range(HOT)])
+    opened = _rss_mib()
+    count = min(RESIDENT, tasks - HOT)
+    names = [f"t{HOT + i * (tasks - HOT) // count:05d}" for i in range(count)]
+    runtime.prepare(names)
+    added = _rss_mib() - opened
+    trim_freed_memory()
+    live = _rss_mib() - opened
+    tensors = sum(a.nbytes for n in names for a in bank.load(n).tensors.values())
+    return MemoryRow(len(names), opened - before, added, live, tensors / 2**20)
+
+
+def _memory_in_fresh_process(bank: Bank, tasks: int) -> MemoryRow:
+    out = subprocess.run(
+        [sys.executable, "-m", "adapterbank.benchmarks.scale", str(bank.path), str(tasks)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return MemoryRow(**json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 def _measure(bank: Bank, method: str, tasks: int, commit_ms: float, x: torch.Tensor) -> ScaleRow:
     names = [f"t{i:05d}" for i in range(tasks)]
-    rss_before = _rss_mib()
     began = time.perf_counter()
     runtime = TorchRuntime(bank)
     start_s = time.perf_counter() - began
@@ -114,14 +159,11 @@ def _measure(bank: Bank, method: str, tasks: int, commit_ms: float, x: torch.Ten
     runtime.reload()
     reload_ms = (time.perf_counter() - began) * 1e3
     runtime.predict(x[:HOT], hot)
-    resident = list(runtime.resident.tasks)
-    tensors = sum(a.nbytes for n in resident for a in bank.load(n).tensors.values())
+    tensors = sum(a.nbytes for n in runtime.resident.tasks for a in bank.load(n).tensors.values())
     stacks = sum(group.task_bytes() for group in runtime.groups.values())
-    backbone = sum(t.numel() * t.element_size() for t in runtime.backbone.state_dict().values())
     return ScaleRow(
         method, tasks, commit_ms, _ls_seconds(bank), start_s, statistics.median(cold), len(x) / seconds["mixed"],
-        len(x) / seconds["single"], reload_ms, stacks / tensors, len(resident), _rss_mib() - rss_before,
-        backbone / 2**20, tensors / 2**20,
+        len(x) / seconds["single"], reload_ms, stacks / tensors, _memory_in_fresh_process(bank, tasks),
     )  # fmt: skip
 
 
@@ -156,3 +198,7 @@ def scale_benchmark(
                 rows.append(_measure(bank, method, size, commit_ms, x))
             del template
     return rows
+
+
+if __name__ == "__main__":
+    print(json.dumps(dataclasses.asdict(measure_memory(Bank(sys.argv[1]), int(sys.argv[2])))))
