@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -142,11 +143,13 @@ class TunedModel(nn.Module):
     def load_state(self, tensors: dict[str, torch.Tensor], task: int = 0) -> None:
         self.method.load_state(self.model, tensors, task)
 
-    def merge(self, task: int = 0) -> nn.Module:
-        """A plain timm model computing `task`: every mergeable tensor folded into the backbone's own weights."""
+    def merge(self, task: int = 0, share: bool = False) -> nn.Module:
+        """A plain timm model computing `task`: every mergeable tensor folded into the backbone's own weights.
+        `share`: layers the method leaves untouched keep this model's tensors instead of copies (for serving)."""
         if not self.method.mergeable:
             raise AdapterBankError(f"method {self.method.name} cannot be merged; export it with its extra ops")
-        return self.method.merge(self.model, task).eval()
+        memo = {id(t): t for t in itertools.chain(self.model.parameters(), self.model.buffers())} if share else None
+        return self.method.merge(self.model, task, memo).eval()
 
 
 def tune(

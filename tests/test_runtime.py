@@ -65,6 +65,27 @@ def test_mixed_batch_of_every_method(bank: Bank) -> None:
         assert torch.allclose(shuffled[new], out[old], atol=1e-5, rtol=1e-5)
 
 
+def test_tasks_with_many_rows_run_through_cached_merged_models(bank: Bank) -> None:
+    """dLoRA's switch: a group whose batch holds >= MERGED_MIN_ROWS rows per task runs each task's rows through its
+    merged model (cached, sharing the untouched layers), with the answers of the mixed forward."""
+    from adapterbank.runtime.torch_runtime import MERGED_MIN_ROWS
+
+    order = [name for name in ("f1", "f2", "l1", "s1", "b1", "p1") for _ in range(MERGED_MIN_ROWS)]
+    x = images(len(order), seed=14)
+    runtime = TorchRuntime(bank)
+    out = runtime.predict(x, order)
+    merged = {key[2] for key in runtime.cache._entries if isinstance(key, tuple) and key[0] == "merged"}
+    assert merged == {"f1", "f2", "l1", "s1", "b1"}  # the linear probe's mixed forward is already the whole model
+    mixed = TorchRuntime(bank, snell_cache_bytes=0).predict(x, order)  # no room: the mixed forward
+    for row, name in enumerate(order):
+        assert out[row].shape == (TASKS[name][1],)
+        assert_close_relative(out[row][None], mixed[row][None])
+        if row % MERGED_MIN_ROWS == 0:
+            assert_close_relative(out[row][None], merged_alone(bank, name, x[row : row + 1]))
+    again = runtime.predict(x, order)  # served from the cache
+    assert all(torch.equal(a, b) for a, b in zip(again, out, strict=True))
+
+
 def test_backbone_weights_are_shared_not_copied(bank: Bank) -> None:
     runtime = TorchRuntime(bank, preload=list(TASKS))
     shared = runtime.backbone.stages[1].blocks[0].mlp.fc2.weight.data_ptr()

@@ -102,8 +102,9 @@ class Method:
         """What an unmerged export computes beyond the backbone's own ops (named in the export manifest)."""
         return []
 
-    def merge(self, model: nn.Module, task: int) -> nn.Module:
-        merged = copy.deepcopy(model)
+    def merge(self, model: nn.Module, task: int, memo: dict[int, object] | None = None) -> nn.Module:
+        """`memo` (as copy.deepcopy's): tensors the merged copy may share instead of copying."""
+        merged = copy.deepcopy(model, memo if memo is not None else {})
         for path, module in task_modules(merged):
             merged.set_submodule(path, module.merged(task))
         return merged

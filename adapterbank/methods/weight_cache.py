@@ -1,4 +1,5 @@
-"""A cache of SNELL's merged weights W0 + dW for inference, under a byte budget shared by a runtime.
+"""A cache of merged weights for inference, under a byte budget shared by a runtime: SNELL's W0 + dW per layer,
+and whole merged models of tasks a batch holds many rows of (TorchRuntime).
 
 Training recomputes the sparse delta every forward (that is the method); serving the same task again need not.
 Entries are keyed by the tensors' version counters, so any in-place update (an optimizer step, a load) invalidates
@@ -14,12 +15,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from typing import Any
 
 import torch
+from torch import nn
 
 
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
+def _nbytes(value: torch.Tensor | nn.Module) -> int:
+    if isinstance(value, nn.Module):  # a merged model, counted whole (layers it shares included: an upper bound)
+        return sum(t.numel() * t.element_size() for t in value.state_dict().values())
+    return value.numel() * value.element_size()
 
 
 class WeightCache:
@@ -29,13 +34,14 @@ class WeightCache:
         self.hits = 0
         self.misses = 0
         self.batch = 0
-        self._entries: OrderedDict[Hashable, tuple[torch.Tensor, int]] = OrderedDict()  # value, batch last used
+        self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()  # value, batch last used
 
     def next_batch(self) -> None:
         """Entries used before this call may be evicted again."""
         self.batch += 1
 
-    def get(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """The cached value of `key` (a tensor, or a merged model), computed and kept if it fits."""
         if key in self._entries:
             self._entries.move_to_end(key)
             value, _ = self._entries[key]

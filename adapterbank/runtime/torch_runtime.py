@@ -40,6 +40,9 @@ def share_frozen(backbone: nn.Module) -> nn.Module:
     return copy.deepcopy(backbone, memo)
 
 
+MERGED_MIN_ROWS = 8  # rows per task from which a task's rows run through its merged model
+
+
 class SlotGroup:
     """Resident tasks of one kind in the stacked slots of one TunedModel."""
 
@@ -51,6 +54,11 @@ class SlotGroup:
     @property
     def slots(self) -> dict[str, int]:
         return self.table.slots
+
+    @property
+    def tunes_backbone_layers(self) -> bool:
+        """Whether the method changes layers of the backbone (not only the head), so a merged model saves work."""
+        return any(path != self.model.head_path for path, _ in task_modules(self.model.model))
 
     def task_bytes(self) -> int:
         """Bytes of the task stacks (for a `full` task: its whole model)."""
@@ -79,12 +87,15 @@ class TorchRuntime(ResidentRuntime[SlotGroup]):
         preload: Sequence[str] = (),
     ) -> None:
         """`tasks`: serve only these (loaded now; a missing one is an error). `task_cache_bytes`: the resident
-        tasks' tensors stay under it (None: no limit). `preload`: hot tasks loaded now (bad ones in `broken`)."""
+        tasks' tensors stay under it (None: no limit). `preload`: hot tasks loaded now (bad ones in `broken`).
+        `snell_cache_bytes`: the merged-weight cache (SNELL's per-layer W0 + dW, and merged models of tasks a batch
+        holds many rows of)."""
         super().__init__(bank if isinstance(bank, Bank) else Bank(bank), tasks, task_cache_bytes, preload)
         self.device = torch.device(device)
         self.backbone = load_backbone(self.bank).to(self.device)
         self.fixed_size = has_fixed_input_size(self.backbone)
         self.cache = WeightCache(snell_cache_bytes)
+        self.backbone_bytes = sum(t.numel() * t.element_size() for t in self.backbone.state_dict().values())
         self._start(tasks, preload)
 
     def _group_key(self, record: TaskRecord) -> str:
@@ -109,8 +120,33 @@ class TorchRuntime(ResidentRuntime[SlotGroup]):
         return group, group.add(record)
 
     def _run(self, group: SlotGroup, images: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        if self._merged_pays(group, slots):
+            return self._run_merged(group, images, slots)
         model = group.model
         return model(images, torch.tensor(slots, device=self.device) if model.num_tasks > 1 else None)
+
+    def _merged_pays(self, group: SlotGroup, slots: list[int]) -> bool:
+        """Whether this group's rows run faster task by task through merged models (dLoRA's switch): when each
+        task has MERGED_MIN_ROWS rows or more on average, so that a batch of them is as efficient as the whole, and
+        the merged models fit the cache (a miss costs a merge)."""
+        method = group.model.method
+        if not method.mergeable or method.trains_backbone or not group.tunes_backbone_layers:
+            return False
+        tasks = len(set(slots))
+        return len(slots) >= MERGED_MIN_ROWS * tasks and tasks * self.backbone_bytes <= self.cache.max_bytes
+
+    def _run_merged(self, group: SlotGroup, images: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        """Each task's rows through its merged model (cached); logits padded with -inf as the mixed forward's."""
+        index = torch.tensor(slots, device=self.device)
+        out = images.new_full((len(slots), group.model.max_classes()), float("-inf"))
+        for slot in sorted(set(slots)):
+            name = group.table.owners[slot]
+            key = ("merged", id(group), name, self.resident.tasks[name].key)
+            merged = self.cache.get(key, lambda slot=slot: group.model.merge(slot, share=True))
+            rows = (index == slot).nonzero().flatten()
+            logits = merged(images.index_select(0, rows))
+            out[rows, : logits.shape[1]] = logits
+        return out
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, tasks: Sequence[str]) -> list[torch.Tensor]:
