@@ -83,9 +83,10 @@ class TunedModel(nn.Module):
         with self.router.route(task_ids):
             return self.model(images)
 
-    def resize_slots(self, keep: Sequence[int], capacity: int, max_classes: int = 1) -> None:
+    def resize_slots(self, keep: Sequence[int], capacity: int, max_classes: int | None = None) -> None:
         """Keep the tasks of slots `keep` as slots 0..len(keep)-1 of `capacity` (the others empty, one class);
-        the head widens to `max_classes` if needed. A runtime's resident groups grow and compact with it."""
+        the head's class axis becomes `max_classes` wide (None: unchanged; at least the widest kept task's). A
+        runtime's resident groups grow and compact with it."""
         if capacity < max(1, len(keep)) or (capacity > 1 and not self.method.supports_mixed_tasks):
             raise AdapterBankError(f"cannot hold {len(keep)} tasks in {capacity} slots of method {self.method.name}")
         for _, module in task_modules(self.model):
@@ -148,7 +149,10 @@ class TunedModel(nn.Module):
         `share`: layers the method leaves untouched keep this model's tensors instead of copies (for serving)."""
         if not self.method.mergeable:
             raise AdapterBankError(f"method {self.method.name} cannot be merged; export it with its extra ops")
-        memo = {id(t): t for t in itertools.chain(self.model.parameters(), self.model.buffers())} if share else None
+        memo = None
+        if share:  # the runtime's tensors, and any cache a module serves through, are shared, never copied
+            memo = {id(t): t for t in itertools.chain(self.model.parameters(), self.model.buffers())}
+            memo |= {id(m.cache): m.cache for _, m in task_modules(self.model) if getattr(m, "cache", None)}
         return self.method.merge(self.model, task, memo).eval()
 
 

@@ -86,6 +86,20 @@ def test_tasks_with_many_rows_run_through_cached_merged_models(bank: Bank) -> No
     assert all(torch.equal(a, b) for a, b in zip(again, out, strict=True))
 
 
+def test_renumbered_slots_never_serve_another_tasks_cached_weights(bank: Bank) -> None:
+    """Compaction moves a task to another slot in new stacks (version counters restart): SNELL's merged-weight
+    cache must not hand it the weights cached for the task that held that slot before."""
+    runtime = TorchRuntime(bank)
+    x = images(1, seed=15)
+    runtime.predict(x, ["s1"])  # s1 in slot 0, its merged weights cached
+    runtime.predict(x, ["s2"])  # the group grows: s2 in slot 1
+    runtime.resident.drop("s1")
+    runtime.prepare([])  # compacted: s2 is now slot 0 of new stacks
+    [group] = [g for g in runtime.groups.values() if g.model.method.name == "snell"]
+    assert group.slots == {"s2": 0}
+    assert_close_relative(runtime.predict(x, ["s2"])[0][None], merged_alone(bank, "s2", x))
+
+
 def test_backbone_weights_are_shared_not_copied(bank: Bank) -> None:
     runtime = TorchRuntime(bank, preload=list(TASKS))
     shared = runtime.backbone.stages[1].blocks[0].mlp.fc2.weight.data_ptr()

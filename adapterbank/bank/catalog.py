@@ -46,15 +46,18 @@ class CatalogUnusable(Exception):
     """The catalog is missing, damaged, locked for too long or not ours: read the task files instead."""
 
 
-def file_key(path: Path) -> str | None:
+def file_key(path: Path, strict: bool = False) -> str | None:
     """What identifies one version of a file without reading it: size and modification time in nanoseconds (not the
-    inode: a bank copied with its times, as rsync -a or cp -p do, keeps a usable catalog). None when `path` is not a
-    regular file."""
+    inode: a bank copied with its times, as rsync -a or cp -p do, keeps a usable catalog). `strict` adds the inode
+    and change time, for keys kept by one process only (a runtime's resident tasks): a file replaced within one
+    tick of the clock by one of the same size is still seen. None when `path` is not a regular file."""
     try:
         info = os.lstat(path)
     except OSError:
         return None
-    return _key(info) if stat.S_ISREG(info.st_mode) else None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return f"{_key(info)}:{info.st_ino}:{info.st_ctime_ns}" if strict else _key(info)
 
 
 def scan_keys(folder: Path, suffix: str) -> dict[str, str]:
@@ -64,7 +67,10 @@ def scan_keys(folder: Path, suffix: str) -> dict[str, str]:
         for entry in entries:
             if not entry.name.endswith(suffix):
                 continue
-            info = entry.stat(follow_symlinks=False)
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:  # removed since the folder was read
+                continue
             if stat.S_ISREG(info.st_mode):
                 found[entry.name[: -len(suffix)]] = _key(info)
     return found
@@ -87,10 +93,16 @@ class Catalog:
 
     # ---- reading (no lock) ----------------------------------------------------------------------------------
 
+    def _side_files(self) -> list[Path]:
+        return [self.file.with_name(CATALOG_FILE + suffix) for suffix in ("-journal", "-wal", "-shm")]
+
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
         if not self.exists():
             raise CatalogUnusable("no catalog (a bank made before catalogs, or it was removed)")
+        for side in self._side_files():  # SQLite would open it: a FIFO blocks, a link leads out of the bank
+            if side.is_symlink() or (side.exists() and not regular_file(side)):
+                raise CatalogUnusable(f"{side.name} is not a regular file")
         try:
             conn = _connect(self.file, "ro")
         except sqlite3.Error as exc:
@@ -164,16 +176,24 @@ class Catalog:
             finally:
                 conn.close()
 
-        for stale in (self.file.with_name(CATALOG_FILE + "-journal"),):  # a journal of the replaced file is void
-            if stale.is_symlink() or regular_file(stale):
-                stale.unlink()
+        self._remove_side_files()  # a journal of the replaced file would be played into the new one
         write_whole(self.file, build)
+
+    def _remove_side_files(self, only_foreign: bool = False) -> None:
+        """Remove the catalog's journal files (`only_foreign`: only those that are links, FIFOs or folders, which
+        SQLite would follow or block on). Writers only, under the bank's lock."""
+        for side in self._side_files():
+            if side.is_symlink() or side.is_file():
+                if not only_foreign or side.is_symlink() or not regular_file(side):
+                    side.unlink()
+            elif side.exists():  # a folder, FIFO or device
+                if side.is_dir():
+                    raise CatalogUnusable(f"{side.name} is a folder")
+                side.unlink()
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
-        journal = self.file.with_name(CATALOG_FILE + "-journal")
-        if journal.is_symlink():  # SQLite would follow it: never write through a link out of the bank
-            journal.unlink()
+        self._remove_side_files(only_foreign=True)  # SQLite would follow a link out of the bank, block on a FIFO
         if not self.exists():
             raise CatalogUnusable("no catalog")
         try:
@@ -209,7 +229,11 @@ def _check_schema(conn: sqlite3.Connection) -> None:
     """Exactly our tables (no views, triggers or extra indexes a crafted file could bring)."""
     found = conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
     tables = {row["name"]: row["sql"] for row in found if row["type"] == "table"}
-    others = [row["name"] for row in found if row["type"] != "table" and not str(row["name"]).startswith("sqlite_")]
+    others = [  # only the indexes SQLite makes for primary keys (no SQL of their own) may be there
+        row["name"] for row in found
+        if row["type"] != "table" and not (row["type"] == "index" and row["sql"] is None
+                                           and str(row["name"]).startswith("sqlite_autoindex_"))
+    ]  # fmt: skip
     if tables != _SCHEMA or others:
         raise sqlite3.DatabaseError("the catalog's schema is not adapterbank's")
     version = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import sqlite3
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -231,13 +232,14 @@ class Bank:
         rest (a stale or missing row, a bank without catalog). A bad task is a summary with `error`."""
         keys = self.task_keys()
         try:
-            rows = self.catalog.rows(["method", "num_values", "num_classes", "metrics", "updated"])
+            rows = self.catalog.rows(["method", "num_values", "num_classes", "metrics", "updated", "fingerprint"])
         except CatalogUnusable:
             rows = {}
         found = []
         for name in sorted(keys):
             row = rows.get(name)
-            summary = _summary_of_row(row, self.tensor_limit()) if row and row["file_key"] == keys[name] else None
+            usable = row and row["file_key"] == keys[name] and row["fingerprint"] == self.identity.fingerprint
+            summary = _summary_of_row(row, self.tensor_limit()) if usable else None
             found.append(summary or self._summary_of_file(name, keys[name]))
         return found
 
@@ -384,7 +386,10 @@ class Bank:
         try:
             change(self.catalog)
         except CatalogUnusable:
-            self._rewrite_catalog()
+            try:
+                self._rewrite_catalog()
+            except AdapterBankError as exc:  # the task file is stored: the commit stands, listing reads the files
+                warnings.warn(f"{exc}; `bank verify --repair` rebuilds it", stacklevel=3)
 
     def catalog_disagreements(self, healthy: Sequence[TaskRecord]) -> list[str]:
         """How the catalog differs from the task files (`healthy`: the records that passed every check): a missing,

@@ -161,7 +161,7 @@ def _measure(bank: Bank, method: str, tasks: int, commit_ms: float, x: torch.Ten
     reload_ms = (time.perf_counter() - began) * 1e3
     runtime.predict(x[:HOT], hot)
     tensors = sum(a.nbytes for n in runtime.resident.tasks for a in bank.load(n).tensors.values())
-    stacks = sum(group.task_bytes() for group in runtime.groups.values())
+    stacks = sum(group.held_bytes() for group in runtime.groups.values())
     return ScaleRow(
         method, tasks, commit_ms, _ls_seconds(bank), start_s, statistics.median(cold), len(x) / seconds["mixed"],
         len(x) / seconds["single"], reload_ms, stacks / tensors, _memory_in_fresh_process(bank, tasks),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -13,6 +14,13 @@ from torch import nn
 from adapterbank.errors import AdapterBankError
 from adapterbank.methods.weight_cache import WeightCache
 from adapterbank.routing import TaskRouter
+
+_SERIALS = itertools.count()
+
+
+def next_serial() -> int:
+    """A number never handed out before in this process (unlike id() of a freed module): names a set of stacks."""
+    return next(_SERIALS)
 
 
 class TaskModule(nn.Module):
@@ -24,6 +32,7 @@ class TaskModule(nn.Module):
     def __init__(self, router: TaskRouter) -> None:
         super().__init__()
         object.__setattr__(self, "router", router)  # shared, not a submodule
+        self.stacks_serial = next_serial()  # changes whenever the stacks are replaced (see resize_slots)
 
     @property
     def num_tasks(self) -> int:
@@ -47,6 +56,7 @@ class TaskModule(nn.Module):
             stacked = p.new_zeros((capacity, *p.shape[1:]))
             stacked[: len(keep)] = p.detach().index_select(0, index.to(p.device))
             setattr(self, name, nn.Parameter(stacked, requires_grad=p.requires_grad))
+        self.stacks_serial = next_serial()  # new tensors restart their version counters: caches must not match
 
     def merged(self, task: int) -> nn.Module:
         """A plain module equal to this one for `task`, computed from the fp32 masters."""

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapterbank.methods.base import TaskModule, copy_checked
+from adapterbank.methods.base import TaskModule, copy_checked, next_serial
 from adapterbank.routing import TaskRouter
 
 
@@ -38,16 +38,19 @@ class TaskHead(TaskModule):
         self.valid = self._valid().to(self.valid.device)
 
     def resize_slots(self, keep: Sequence[int], capacity: int, max_classes: int | None = None) -> None:
-        """As TaskModule.resize_slots; the class axis widens to `max_classes` if that is more than it holds."""
-        width = max(self.weight.shape[1], max_classes or 0)
+        """As TaskModule.resize_slots; the class axis becomes `max_classes` wide (None: as it is). Narrowing drops
+        padding only: the caller passes at least the widest kept task's class count."""
+        width = max_classes or self.weight.shape[1]  # may narrow: the widest resident task decides
         index = torch.as_tensor(list(keep), dtype=torch.long, device=self.weight.device)
         for name in ("weight", "bias"):
             p = getattr(self, name)
             stacked = p.new_zeros((capacity, width, *p.shape[2:]))
-            stacked[: len(keep), : p.shape[1]] = p.detach().index_select(0, index)
+            kept = min(width, p.shape[1])
+            stacked[: len(keep), :kept] = p.detach().index_select(0, index)[:, :kept]
             setattr(self, name, nn.Parameter(stacked, requires_grad=p.requires_grad))
         self.num_classes = [self.num_classes[k] for k in keep] + [1] * (capacity - len(keep))
         self.valid = self._valid().to(self.weight.device)
+        self.stacks_serial = next_serial()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = self.router.rows(x.shape[0])

@@ -265,7 +265,7 @@ class KernelSparseDelta(PointwiseDelta):
 
     def _cached_merged_weight(self, task: int) -> torch.Tensor:
         versions = (self.snell_A._version, self.snell_B._version, self.base.weight._version)
-        return self.cache.get((id(self), task, *versions), lambda: self.merged_weight(task))
+        return self.cache.get((self.stacks_serial, task, *versions), lambda: self.merged_weight(task))
 
     def _dropout_p(self) -> float:
         return self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0

@@ -57,9 +57,10 @@ class StackedGroup:
             shape = list(old.shape)
             shape[0] = capacity
             if key.startswith(self.head):
-                shape[1] = max(width, shape[1])
+                shape[1] = width  # narrowing drops padding only (SlotTable passes the widest held task's)
             new = np.zeros(shape, dtype=old.dtype)
-            new[(slice(0, len(keep)), *(slice(0, d) for d in old.shape[1:]))] = old[list(keep)]
+            common = tuple(slice(0, min(a, b)) for a, b in zip(old.shape[1:], shape[1:], strict=True))
+            new[(slice(0, len(keep)), *common)] = old[list(keep)][(slice(None), *common)]
             self.stacks[key] = new
 
     def add(self, record: TaskRecord) -> int:
@@ -73,6 +74,9 @@ class StackedGroup:
                 stack[(slot, *(slice(0, d) for d in record.tensors[key].shape))] = record.tensors[key]
         return sum(s.nbytes for s in self.stacks.values()) // len(self.table.owners)
 
+    def held_bytes(self) -> int:
+        return sum(stack.nbytes for stack in self.stacks.values())
+
     def run(self, images: np.ndarray, slots: list[int]) -> np.ndarray:
         feeds = {"images": images, "task_id": np.asarray(slots, dtype=np.int64)}
         feeds |= {name: self.stacks[key] for name, key in self.inputs.items()}
@@ -82,10 +86,14 @@ class StackedGroup:
 class TaskGraph:
     """One task with a merged graph of its own (SNELL, full)."""
 
-    def __init__(self, sess: ort.InferenceSession, name: str) -> None:
+    def __init__(self, sess: ort.InferenceSession, name: str, size: int) -> None:
         self.session = sess
+        self.size = size  # the graph's bytes: its initializers are what the session holds
         self.table = SlotTable(lambda keep, capacity, width: None)
         self.table.add(name, 1)
+
+    def held_bytes(self) -> int:
+        return self.size
 
     def run(self, images: np.ndarray, slots: list[int]) -> np.ndarray:
         return self.session.run(["logits"], {"images": images})[0]
@@ -130,7 +138,7 @@ class ONNXRuntime(ResidentRuntime[StackedGroup | TaskGraph]):
                 {record.name: record.updated},
                 lambda name: export_task(self.bank, record.name, self.cache_dir, name=name),
             )
-            group = TaskGraph(self._session(path), record.name)
+            group = TaskGraph(self._session(path), record.name, path.stat().st_size)
             self.groups["task:" + record.name] = group
             return group, path.stat().st_size
         name = stacked_graph_name(self.bank, record)

@@ -42,12 +42,13 @@ class ResidentSet(Generic[Placement]):
     evict: Callable[[str, ResidentTask[Placement]], None]
     budget: int | None = None  # bytes of resident tasks; None: no limit
     only: frozenset[str] | None = None  # serve only these tasks
+    held: Callable[[], int] | None = None  # what the runtime holds for its tasks now (stacks are resized as a whole)
     tasks: OrderedDict[str, ResidentTask[Placement]] = field(default_factory=OrderedDict)
     broken: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (file key, why): not read again
 
     @property
     def bytes(self) -> int:
-        return sum(task.bytes for task in self.tasks.values())
+        return self.held() if self.held is not None else sum(task.bytes for task in self.tasks.values())
 
     def prepare(self, names: Iterable[str]) -> dict[str, str]:
         """Make every task of `names` resident; returns {name: why} for those that cannot be served."""
@@ -65,7 +66,7 @@ class ResidentSet(Generic[Placement]):
     def _load(self, name: str, protect: set[str]) -> str:
         if (self.only is not None and name not in self.only) or not valid_task_name(name):
             return f"unknown task '{name[:200]}'"
-        key = file_key(self.bank.task_file(name))
+        key = file_key(self.bank.task_file(name), strict=True)
         if key is None:
             return f"unknown task '{name}'" + (" (not a regular file)" if self.bank.task_file(name).exists() else "")
         if name in self.broken and self.broken[name][0] == key:
@@ -78,7 +79,11 @@ class ResidentSet(Generic[Placement]):
             return why
         self.broken.pop(name, None)
         self._make_room(record, protect)
-        placement, cost = self.place(record)
+        try:
+            placement, cost = self.place(record)
+        except AdapterBankError as exc:  # e.g. its graph failed to export: this task is not served, the rest are
+            self.broken[name] = (key, str(exc))
+            return str(exc)
         self.tasks[name] = ResidentTask(_without_tensors(record), key, cost, placement)
         return ""
 
@@ -98,7 +103,9 @@ class ResidentSet(Generic[Placement]):
 
     def changed(self) -> list[str]:
         """Resident tasks whose file is no longer the version that was read (one stat each)."""
-        return [name for name, task in self.tasks.items() if file_key(self.bank.task_file(name)) != task.key]
+        return [
+            name for name, task in self.tasks.items() if file_key(self.bank.task_file(name), strict=True) != task.key
+        ]
 
     def require(self, names: Sequence[str]) -> None:
         """prepare(names), refusing the batch if any task cannot be served (one line, the first problem)."""
@@ -116,6 +123,10 @@ class Group(Protocol):
 
     table: SlotTable
 
+    def held_bytes(self) -> int:
+        """What holding the group's tasks costs (stacks, or a task's own graph or model)."""
+        ...
+
 
 G = TypeVar("G", bound=Group)
 
@@ -130,9 +141,12 @@ class ResidentRuntime(Generic[G]):
         self.bank = bank
         self.groups: dict[str, G] = {}
         only = frozenset(tasks) if tasks is not None else None
-        self.resident: ResidentSet[G] = ResidentSet(bank, self._place, self._evict, task_cache_bytes, only)
+        self.resident: ResidentSet[G] = ResidentSet(
+            bank, self._place, self._evict, task_cache_bytes, only, held=self._held_bytes
+        )
         if tasks is not None:
-            missing = [name for name in tasks if name not in bank.tasks()]
+            stored = set(bank.tasks())
+            missing = [name for name in tasks if name not in stored]
             if missing:
                 raise AdapterBankError(f"no task '{missing[0]}' in bank '{bank.path}'")
 
@@ -147,6 +161,9 @@ class ResidentRuntime(Generic[G]):
     def _run(self, group: G, images: torch.Tensor, slots: list[int]) -> torch.Tensor:
         """Logits (rows, classes padded) of `images`, row i under the task in slot slots[i]."""
         raise NotImplementedError
+
+    def _held_bytes(self) -> int:
+        return sum(group.held_bytes() for group in self.groups.values())
 
     def _evict(self, name: str, task: ResidentTask[G]) -> None:
         task.placement.table.remove(name)

@@ -27,6 +27,7 @@ class SlotTable:
         self.resize = resize
         self.owners: list[str | None] = [None] * capacity
         self.slots: dict[str, int] = {}
+        self.classes: dict[str, int] = {}
         self.width = 1  # classes the head stacks hold
 
     def add(self, name: str, classes: int) -> int:
@@ -37,14 +38,21 @@ class SlotTable:
             free = held
         self.owners[free] = name
         self.slots[name] = free
+        self.classes[name] = classes
         return free
 
     def remove(self, name: str) -> None:
         self.owners[self.slots.pop(name)] = None
+        del self.classes[name]
 
     def compact(self) -> None:
-        if self.slots and len(self.owners) - len(self.slots) > len(self.owners) // SLACK:
-            self._resize(len(self.slots), self.width)
+        """Shrink to the held tasks when more than 5% of the slots are free, or the head stacks are wider than the
+        widest held task (a wide task that left must not keep every slot wide)."""
+        if not self.slots:
+            return
+        widest = max(self.classes.values())
+        if len(self.owners) - len(self.slots) > len(self.owners) // SLACK or widest < self.width:
+            self._resize(len(self.slots), widest)
 
     def _resize(self, capacity: int, width: int) -> None:
         keep = sorted(self.slots.values())

@@ -60,7 +60,7 @@ class SlotGroup:
         """Whether the method changes layers of the backbone (not only the head), so a merged model saves work."""
         return any(path != self.model.head_path for path, _ in task_modules(self.model.model))
 
-    def task_bytes(self) -> int:
+    def held_bytes(self) -> int:
         """Bytes of the task stacks (for a `full` task: its whole model)."""
         if self.model.method.trains_backbone:
             tensors = itertools.chain(self.model.parameters(), self.model.buffers())
@@ -73,7 +73,7 @@ class SlotGroup:
         slot = self.table.add(record.name, len(record.class_names))
         self.model.set_task_classes(slot, len(record.class_names))
         load_record(self.model, record, slot)
-        return self.task_bytes() // len(self.table.owners)
+        return self.held_bytes() // len(self.table.owners)
 
 
 class TorchRuntime(ResidentRuntime[SlotGroup]):
