@@ -36,7 +36,7 @@ from safetensors.numpy import load_file as load_numpy_safetensors
 from safetensors.numpy import save_file as save_numpy_safetensors
 
 from adapterbank.atomic_files import TEMP_PREFIX, fsync, write_whole
-from adapterbank.bank.catalog import TASK_COLUMNS, Catalog, CatalogUnusable, file_key, key_size, scan_keys
+from adapterbank.bank.catalog import CATALOG_FILE, TASK_COLUMNS, Catalog, CatalogUnusable, file_key, key_size, scan_keys
 from adapterbank.bank.paths import inside, open_nofollow, regular_file
 from adapterbank.errors import AdapterBankError
 from adapterbank.method_names import METHOD_NAMES
@@ -475,7 +475,7 @@ def _sweep_own_temporaries(bank: Path) -> None:
     be writing its own temporaries beside them); anything else there is reported by verify."""
     tasks = inside(bank, "tasks", create=True)
     for pattern, folder in ((f"{TEMP_PREFIX}bank.h5-*", bank), (f"{TEMP_PREFIX}backbone.safetensors-*", bank),
-                            (f"{TEMP_PREFIX}*.h5-*", tasks)):  # fmt: skip
+                            (f"{TEMP_PREFIX}{CATALOG_FILE}-*", bank), (f"{TEMP_PREFIX}*.h5-*", tasks)):  # fmt: skip
         for stale in folder.glob(pattern):
             if regular_file(stale):
                 stale.unlink(missing_ok=True)
