@@ -71,6 +71,7 @@ def _assert_same(a: list[torch.Tensor], b: list[torch.Tensor], tol: float = 1e-5
         assert x.shape == y.shape and torch.allclose(x, y, atol=tol, rtol=tol)
 
 
+@pytest.mark.slow
 def test_a_small_budget_serves_every_task_as_a_runtime_holding_all(bank: Bank) -> None:
     names = bank.tasks()
     assert len(names) == SSF_TASKS + LORA_TASKS + BITFIT_TASKS
@@ -119,6 +120,7 @@ def test_onnx_runtime_with_a_small_budget_answers_as_torch_holding_all(few: Bank
     assert len(list(small.cache_dir.glob("stacked-*.onnx"))) == 3  # ssf, lora, bitfit: one graph each, ever
 
 
+@pytest.mark.slow
 def test_commits_and_removals_reach_a_serving_runtime(bank: Bank, tmp_path) -> None:
     import shutil
 
