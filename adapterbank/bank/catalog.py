@@ -103,12 +103,8 @@ class Catalog:
         for side in self._side_files():  # SQLite would open it: a FIFO blocks, a link leads out of the bank
             if side.is_symlink() or (side.exists() and not regular_file(side)):
                 raise CatalogUnusable(f"{side.name} is not a regular file")
+        conn = _open_checked(self.file, "ro")
         try:
-            conn = _connect(self.file, "ro")
-        except sqlite3.Error as exc:
-            raise CatalogUnusable(str(exc)) from exc
-        try:
-            _check_schema(conn)
             yield conn
         except sqlite3.Error as exc:
             raise CatalogUnusable(str(exc)) from exc
@@ -196,12 +192,8 @@ class Catalog:
         self._remove_side_files(only_foreign=True)  # SQLite would follow a link out of the bank, block on a FIFO
         if not self.exists():
             raise CatalogUnusable("no catalog")
+        conn = _open_checked(self.file, "rw")
         try:
-            conn = _connect(self.file, "rw")
-        except sqlite3.Error as exc:
-            raise CatalogUnusable(str(exc)) from exc
-        try:
-            _check_schema(conn)
             conn.execute("BEGIN IMMEDIATE")
             yield conn
             conn.execute("COMMIT")
@@ -222,6 +214,20 @@ def _connect(file: Path, mode: str) -> sqlite3.Connection:
     if mode != "ro":
         conn.execute("PRAGMA journal_mode = DELETE")
         conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def _open_checked(file: Path, mode: str) -> sqlite3.Connection:
+    """A connection to a catalog whose schema is ours; CatalogUnusable otherwise."""
+    try:
+        conn = _connect(file, mode)
+    except sqlite3.Error as exc:
+        raise CatalogUnusable(str(exc)) from exc
+    try:
+        _check_schema(conn)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise CatalogUnusable(str(exc)) from exc
     return conn
 
 
