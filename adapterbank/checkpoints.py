@@ -1,8 +1,10 @@
 """Local checkpoint loading for the formats users bring, always without unpickling arbitrary objects.
 
 Formats: Google ViT `.npz`; MAE `.pth` ('model'); MoCo v3 `.pth.tar` ('state_dict', 'module.' prefix, linear head);
-official Swin and ConvNeXt `.pth`; plain timm `.pth`/`.safetensors`; EfficientNet-Lite0 in the lukemelas naming.
-Layout conversions are timm's own `checkpoint_filter_fn`; only the lukemelas renaming is ours (timm has none).
+official Swin and ConvNeXt `.pth`; plain timm `.pth`/`.safetensors`; EfficientNet-Lite0 in the lukemelas naming;
+DINOv2 in Hugging Face naming (`.safetensors`, `.bin`, a Hub model folder, or an ONNX graph's initializers).
+Layout conversions are timm's own `checkpoint_filter_fn`; only the lukemelas and Hugging Face DINOv2 renamings are
+ours (timm has neither).
 """
 
 from __future__ import annotations
@@ -19,25 +21,40 @@ from torch import nn
 
 from adapterbank.anatomy import backbone_state, classifier_path, is_head_key
 from adapterbank.errors import AdapterBankError
+from adapterbank.hf_dinov2 import hf_dinov2_to_original, is_hf_dinov2, read_onnx_dinov2
 
 _CONTAINER_KEYS = ("model", "state_dict", "module", "model_state", "model_state_dict")
 _MAX_LISTED = 3
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what a Hugging Face model folder holds
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Load backbone weights from `path` into `model`; the checkpoint's classifier is never used."""
-    path = Path(path)
-    if not path.is_file():
-        raise AdapterBankError(f"checkpoint '{path}' does not exist")
+    path = _weights_file(Path(path))
     if path.suffix.lower() == ".npz":
         _load_google_npz(model, path)
         return
-    state = _read_state_dict(path)
+    state = read_onnx_dinov2(path) if path.suffix.lower() == ".onnx" else _read_state_dict(path)
     state = _to_timm_names(state, model)
     head = classifier_path(model)
     state = {k: v for k, v in state.items() if not is_head_key(k, head) and not k.endswith("num_batches_tracked")}
     _check_fits(state, model, path)
     model.load_state_dict(state, strict=False)
+
+
+def _weights_file(path: Path) -> Path:
+    """A file as given; a Hugging Face model folder -> its weights file."""
+    if path.is_dir():
+        found = next((path / name for name in _HUB_FILES if (path / name).is_file()), None)
+        if found is None:
+            sharded = (
+                " (sharded weights are not read: merge them into one file)" if any(path.glob("*.index.json")) else ""
+            )
+            raise AdapterBankError(f"folder '{path}' holds neither {' nor '.join(_HUB_FILES)}{sharded}")
+        return found
+    if not path.is_file():
+        raise AdapterBankError(f"checkpoint '{path}' does not exist")
+    return path
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -63,6 +80,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _to_timm_names(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     if "_conv_stem.weight" in state:
         state = rename_lukemelas_efficientnet(state, model)
+    elif is_hf_dinov2(state):
+        state = hf_dinov2_to_original(state)
     module = sys.modules.get(type(model).__module__)
     filter_fn = getattr(module, "checkpoint_filter_fn", None)
     return filter_fn(state, model) if filter_fn is not None else state

