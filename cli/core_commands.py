@@ -21,21 +21,41 @@ def methods() -> None:
     console.print(table)
 
 
-def backbones(pattern: str = typer.Argument("*", help="Wildcard over timm names, e.g. 'vit_*'.")) -> None:
-    """List timm architectures usable as backbones."""
+def backbones(
+    pattern: str = typer.Argument("*", help="Wildcard over timm names, e.g. 'vit_*'."),
+    packaged: bool = typer.Option(False, "--packaged", help="Only backbones with weights from an installed package."),
+) -> None:
+    """List timm architectures usable as backbones (`--packaged`: those `--checkpoint packaged` loads offline)."""
     from adapterbank.backbones import list_backbones
 
+    if packaged:
+        _list_packaged()
+        return
     names = list_backbones(pattern)
     if not names:
         raise AdapterBankError(f"no timm architecture matches '{pattern}'")
     console.print("\n".join(names))
 
 
+def _list_packaged() -> None:
+    from adapterbank.packaged_weights import PACKAGED, installed_file
+
+    table = Table("backbone", "weights", "package", "installed")
+    for arch, weights in PACKAGED.items():
+        try:
+            installed_file(weights)
+            installed = "yes"
+        except AdapterBankError as exc:
+            installed = f"no: {exc}"
+        table.add_row(arch, weights.what, weights.requirement, installed)
+    console.print(table)
+
+
 def inspect(
     backbone: str = typer.Option(PACKAGED_ARCH, help="timm architecture name."),
     checkpoint: str = typer.Option(
         "packaged",
-        help="Weights file, 'packaged' (EfficientNet-Lite0 ImageNet weights from its pip package) or 'none'.",
+        help="Weights file, 'packaged' (from a pip package; `adapterbank backbones --packaged`) or 'none'.",
     ),
     method: str = typer.Option("all", help="A method name, a comma-separated list, or 'all'."),
     num_classes: int = typer.Option(10, min=1, help="Classes of the example task."),

@@ -54,20 +54,15 @@ def _predict(
     task_cache_bytes: int | None,
     preload: list[str],
 ) -> None:
-    from adapterbank.runtime import ONNXRuntime, TorchRuntime
+    from adapterbank.runtime import BACKENDS, open_runtime
     from adapterbank.runtime.requests import answer, read_requests
 
-    if backend not in ("torch", "onnx"):
-        raise AdapterBankError(f"unknown backend '{backend}': choose torch or onnx")
+    if backend not in BACKENDS:
+        raise AdapterBankError(f"unknown backend '{backend}': choose {' or '.join(BACKENDS)}")
     if out is not None and (out.is_dir() or not out.parent.is_dir()):
         raise AdapterBankError(f"--out '{out}' must name a file in an existing folder")
     rows = read_requests(requests)
-    if backend == "torch":
-        runtime = TorchRuntime(
-            bank, snell_cache_bytes=snell_cache_mb << 20, task_cache_bytes=task_cache_bytes, preload=preload
-        )
-    else:
-        runtime = ONNXRuntime(bank, task_cache_bytes=task_cache_bytes, preload=preload)
+    runtime = open_runtime(bank, backend, snell_cache_mb << 20, task_cache_bytes, preload)
     failed = 0
     # written beside the target and renamed when complete: a run that dies leaves no truncated answers file
     partial = temporary_path(out) if out else None

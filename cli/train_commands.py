@@ -12,6 +12,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from adapterbank.packaged_weights import PACKAGED_ARCH
 from cli.options import parse_options
 from cli.output import console
 
@@ -74,7 +75,9 @@ def train(
     data: Path = typer.Option(..., "--data", help="Dataset folder (VTAB-1k lists, FGVC json, ImageFolder, CSV)."),
     backbone: str | None = typer.Option(None, help="timm name (default: the bank's, or ViT-B/16 IN-21k)."),
     checkpoint: str | None = typer.Option(
-        None, help="Backbone weights file, 'packaged' (EfficientNet-Lite0) or 'none' (random init); default: timm's."
+        None,
+        help="Backbone weights file or Hugging Face folder, 'packaged' (`adapterbank backbones --packaged`) or 'none' "
+        "(random init); default: timm's.",
     ),
     bank: Path = typer.Option(Path("bank"), "--bank", help="Bank folder."),
     epochs: int | None = typer.Option(None),
@@ -175,22 +178,28 @@ def evaluate(
 
 def quickstart(
     folder: Path = typer.Option(Path("quickstart"), "--dir", help="Where data and the bank go."),
+    backbone: str = typer.Option(
+        PACKAGED_ARCH, help="A backbone with packaged weights (`adapterbank backbones --packaged`)."
+    ),
     epochs: int = typer.Option(3, min=1),
-    image_size: int = typer.Option(96, "--image-size", min=32),
+    image_size: int | None = typer.Option(
+        None, "--image-size", min=32, help="Default: 96 px for the CNN, 112 px (8x8 patches) for the ViT."
+    ),
 ) -> None:
-    """Offline demo: two real-image tasks, two methods, one bank, real EfficientNet-Lite0 weights."""
+    """Offline demo: two real-image tasks, two methods, one bank, real pretrained weights from a pip package."""
     from adapterbank.bank.store import Bank
-    from adapterbank.quickstart import TASKS, prepare, settings_for
+    from adapterbank.quickstart import TASKS, bank_folder, check_backbone, prepare, settings_for
     from adapterbank.training.trainer import train as run
 
+    size = check_backbone(backbone, image_size)
     data = prepare(folder)
-    bank = folder / "bank"
+    bank = bank_folder(folder, backbone)
     results = []
     for spec in TASKS:
-        console.print(f"[bold]{spec.task}[/bold] ({spec.source}) with {spec.method}")
+        console.print(f"[bold]{spec.task}[/bold] ({spec.source}) with {spec.method} on {backbone}")
         reporter = ProgressReporter()
         try:
-            results.append((spec, run(settings_for(spec, data[spec.task], bank, epochs, image_size), reporter)))
+            results.append((spec, run(settings_for(spec, data[spec.task], bank, epochs, size, backbone), reporter)))
         finally:
             reporter.stop()
     store = Bank(bank)
@@ -207,7 +216,7 @@ def quickstart(
             f"{store.task_file(spec.task).stat().st_size:,}",
             f"{result.seconds:.0f}s",
         )
-    table.caption = f"bank {bank} on {store.identity.arch} (ImageNet weights from its pip package)"
+    table.caption = f"bank {bank} on {store.identity.arch} at {size} px (pretrained weights from a pip package)"
     console.print(table)
 
 

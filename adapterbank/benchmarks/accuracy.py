@@ -11,11 +11,29 @@ from pathlib import Path
 from adapterbank.bank.store import Bank
 from adapterbank.data.layouts import detect_layout
 from adapterbank.errors import AdapterBankError
-from adapterbank.packaged_weights import PACKAGED_ARCH
+from adapterbank.packaged_weights import PACKAGED_ARCH, PACKAGED_VIT
 from adapterbank.training.settings import TrainSettings, resolve
 from adapterbank.training.trainer import Reporter, train
 
-METHODS = ("linear", "full", "bitfit", "ssf", "lora", "snell", "adapter")
+METHODS = ("linear", "full", "bitfit", "ssf", "lora", "snell", "adapter")  # every family has them
+ATTENTION_METHODS = ("prefix", "prompt", "utuning")  # extend self-attention: ViT and Swin only
+RECIPES = {PACKAGED_VIT: "cpu/vit-short"}  # the CPU schedule per packaged backbone; others: cpu/short
+
+
+def default_methods(backbone: str) -> tuple[str, ...]:
+    """Every method the backbone can take."""
+    import timm
+    import torch
+
+    from adapterbank.anatomy import family_of
+
+    with torch.device("meta"):
+        family = family_of(timm.create_model(backbone.split(".")[0]))
+    return METHODS + ATTENTION_METHODS if family in ("vit", "swin") else METHODS
+
+
+def default_recipe(backbone: str) -> str:
+    return RECIPES.get(backbone.split(".")[0], "cpu/short")
 
 
 @dataclass
@@ -47,15 +65,18 @@ def accuracy_table(
     data_root: Path,
     bank: Path,
     tasks: Sequence[str] | None = None,
-    methods: Sequence[str] = METHODS,
-    recipe: str = "cpu/short",
+    methods: Sequence[str] | None = None,
+    recipe: str | None = None,
     reporter: Callable[[str, str], Reporter] | None = None,
     reuse: bool = False,
     backbone: str = PACKAGED_ARCH,
     checkpoint: str | None = "packaged",
 ) -> list[AccuracyRow]:
-    """One run per task x method. With `reuse`, a run the bank already holds with identical settings is read back
-    instead of retrained (so a new method joins an existing table without redoing the others)."""
+    """One run per task x method (default: every method the backbone takes, with its packaged CPU recipe). With
+    `reuse`, a run the bank already holds with identical settings is read back instead of retrained (so a new method
+    joins an existing table without redoing the others)."""
+    methods = methods or default_methods(backbone)
+    recipe = recipe or default_recipe(backbone)
     available = find_tasks(data_root)
     chosen = list(tasks) if tasks else list(available)
     unknown = [t for t in chosen if t not in available]

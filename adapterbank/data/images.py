@@ -5,6 +5,7 @@ blocks a run), and Pillow's decompression-bomb limits are errors, not warnings."
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import random
 import stat
@@ -34,12 +35,21 @@ def _opened(path: Path) -> Iterator[Image.Image]:
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise AdapterBankError(f"cannot read image {path}: not a regular file (a FIFO, device or folder)")
+    except OSError as exc:
+        raise AdapterBankError(f"cannot read image {path}: {exc}") from exc
+    with _decoded(path, str(path)) as image:
+        yield image
+
+
+@contextlib.contextmanager
+def _decoded(source: Path | io.BytesIO, what: str) -> Iterator[Image.Image]:
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 yield image
     except _UNREADABLE as exc:
-        raise AdapterBankError(f"cannot read image {path}: {exc}") from exc
+        raise AdapterBankError(f"cannot read image {what}: {exc}") from exc
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -63,10 +73,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def load_rgb(path: Path) -> Image.Image:
     with _opened(path) as image:
-        try:
-            return to_rgb(image)
-        except _UNREADABLE as exc:  # truncated data shows only when decoding
-            raise AdapterBankError(f"cannot read image {path}: {exc}") from exc
+        return _rgb(image, str(path))
+
+
+def decode_rgb(data: bytes, what: str = "from the request") -> Image.Image:
+    """An encoded image file's bytes (e.g. from an HTTP request) decoded exactly as `load_rgb` decodes the file."""
+    with _decoded(io.BytesIO(data), what) as image:
+        return _rgb(image, what)
+
+
+def _rgb(image: Image.Image, what: str) -> Image.Image:
+    try:
+        return to_rgb(image)
+    except _UNREADABLE as exc:  # truncated data shows only when decoding
+        raise AdapterBankError(f"cannot read image {what}: {exc}") from exc
 
 
 def check_headers(samples: Sequence[tuple[Path, int]]) -> None:

@@ -4,11 +4,13 @@ in input order. A bad row (unknown task, unreadable image) gets an error answer;
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from adapterbank.data.images import load_rgb
 from adapterbank.data.preprocessing import Preprocessing, task_preprocessing
@@ -53,26 +55,62 @@ def read_requests(csv_path: Path) -> list[Request]:
 
 
 class Preprocessor:
-    """Each task's eval transform from its stored preprocessing contract (as `eval` uses it)."""
+    """Each task's eval transform from its stored preprocessing contract (as `eval` uses it), read from the record
+    the runtime holds now: a task replaced while serving is preprocessed by its new contract."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self._contracts: dict[str, Preprocessing] = {}
-        self._transforms: dict[str, object] = {}
+        self._transforms: dict[Preprocessing, Callable[[Image.Image], torch.Tensor]] = {}
 
     def contract(self, task: str) -> Preprocessing:
-        if task not in self._contracts:
-            training = self.runtime.describe(task).training
-            self._contracts[task] = task_preprocessing(training, self.runtime.bank.identity)
-        return self._contracts[task]
+        return task_preprocessing(self.runtime.describe(task).training, self.runtime.bank.identity)
 
-    def size_of(self, task: str) -> int:
-        return self.contract(task).size
+    def __call__(self, image: Image.Image, contract: Preprocessing) -> torch.Tensor:
+        if contract not in self._transforms:
+            self._transforms[contract] = contract.eval_transform()
+        return self._transforms[contract](image)
 
-    def __call__(self, file: Path, task: str) -> torch.Tensor:
-        if task not in self._transforms:
-            self._transforms[task] = self.contract(task).eval_transform()
-        return self._transforms[task](load_rgb(file))
+
+@dataclass(frozen=True)
+class ImageItem:
+    task: str
+    read: Callable[[], Image.Image]  # the decoded image; raises AdapterBankError when it cannot be read
+    top_k: int = 1
+
+
+@dataclass(frozen=True)
+class Prediction:
+    labels: list[int]
+    class_names: list[str]
+    scores: list[float]
+    error: str = ""
+
+
+def predict_items(runtime: Runtime, preprocess: Preprocessor, items: Sequence[ImageItem]) -> list[Prediction]:
+    """One mixed batch (grouped only by input size): a prediction per item, in order; an item whose task cannot be
+    served or whose image cannot be read gets an error and leaves the others unaffected."""
+    out: list[Prediction | None] = [None] * len(items)
+    by_size: dict[int, list[tuple[int, torch.Tensor]]] = {}
+    problems = runtime.prepare([item.task for item in items])  # tasks read on first use
+    for i, item in enumerate(items):
+        if item.task in problems:
+            out[i] = Prediction([], [], [], problems[item.task])
+            continue
+        contract = preprocess.contract(item.task)
+        try:
+            tensor = preprocess(item.read(), contract)
+        except AdapterBankError as exc:
+            out[i] = Prediction([], [], [], str(exc))
+            continue
+        by_size.setdefault(contract.size, []).append((i, tensor))
+    for rows in by_size.values():
+        indices = [i for i, _ in rows]
+        logits = runtime.predict(torch.stack([t for _, t in rows]), [items[i].task for i in indices])
+        for i, row in zip(indices, logits, strict=True):
+            scores, labels = row.softmax(-1).topk(min(items[i].top_k, len(row)))
+            names = runtime.describe(items[i].task).class_names
+            out[i] = Prediction(labels.tolist(), [names[j] for j in labels.tolist()], scores.tolist())
+    return out  # type: ignore[return-value]
 
 
 def answer(runtime: Runtime, requests: list[Request], batch_size: int, top_k: int) -> Iterator[Answer]:
@@ -80,27 +118,6 @@ def answer(runtime: Runtime, requests: list[Request], batch_size: int, top_k: in
     preprocess = Preprocessor(runtime)
     for start in range(0, len(requests), batch_size):
         chunk = requests[start : start + batch_size]
-        answers: list[Answer | None] = [None] * len(chunk)
-        by_size: dict[int, list[tuple[int, torch.Tensor]]] = {}
-        problems = runtime.prepare([request.task for request in chunk])  # tasks read on first use
-        for i, request in enumerate(chunk):
-            if request.task in problems:
-                answers[i] = Answer(request.path, request.task, [], [], [], problems[request.task])
-                continue
-            try:
-                tensor = preprocess(request.file, request.task)
-            except AdapterBankError as exc:
-                answers[i] = Answer(request.path, request.task, [], [], [], str(exc))
-                continue
-            by_size.setdefault(preprocess.size_of(request.task), []).append((i, tensor))
-        for items in by_size.values():
-            indices = [i for i, _ in items]
-            logits = runtime.predict(torch.stack([t for _, t in items]), [chunk[i].task for i in indices])
-            for i, row in zip(indices, logits, strict=True):
-                probabilities = row.softmax(-1)
-                scores, labels = probabilities.topk(min(top_k, len(row)))
-                names = runtime.describe(chunk[i].task).class_names
-                answers[i] = Answer(
-                    chunk[i].path, chunk[i].task, labels.tolist(), [names[j] for j in labels.tolist()], scores.tolist()
-                )
-        yield from answers  # type: ignore[misc]
+        items = [ImageItem(r.task, functools.partial(load_rgb, r.file), top_k) for r in chunk]
+        for request, got in zip(chunk, predict_items(runtime, preprocess, items), strict=True):
+            yield Answer(request.path, request.task, got.labels, got.class_names, got.scores, got.error)

@@ -1,0 +1,69 @@
+"""Ray itself: a local Ray started in this process (the embedded default) or an existing cluster joined by address,
+and the HTTP service started on it and stopped with it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from adapterbank.errors import AdapterBankError
+from adapterbank.service.bank_service import ServiceOptions
+
+if TYPE_CHECKING:
+    from adapterbank.service.app import Scaling
+
+LOCAL_OBJECT_STORE_BYTES = 256 << 20  # requests and answers are small; Ray's default takes 30% of the memory
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster at `address` ('auto' finds a local one), or start a local Ray with `num_cpus` (default: all)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports from an offline machine
+    import ray
+
+    if ray.is_initialized():
+        return
+    quiet = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
+    try:
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            ray.init(num_cpus=num_cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at '{address}'" if address else "a local Ray"
+        raise AdapterBankError(f"cannot start or join {where}: {str(exc).splitlines()[0][:200]}") from exc
+
+
+def start_service(
+    bank: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    options: ServiceOptions | None = None,
+    scaling: Scaling | None = None,
+    max_batch: int = 64,
+    batch_wait_ms: float = 5.0,
+    address: str | None = None,
+    num_cpus: int | None = None,
+) -> str:
+    """Start (or update) the service on Ray; returns its base URL once every replica is up."""
+    from ray import serve
+
+    from adapterbank.service.app import APP_NAME, build_app
+
+    connect(address, num_cpus)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # start-up chatter is not for users
+    serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "ERROR"})
+    app = build_app(bank, options, scaling, max_batch, batch_wait_ms)
+    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    return f"http://{host}:{port}"
+
+
+def stop_service() -> None:
+    """Stop the service and, when this process started Ray, Ray with it (no processes are left behind)."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        serve.shutdown()
+        ray.shutdown()
