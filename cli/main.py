@@ -8,7 +8,15 @@ import click
 import typer
 
 from adapterbank.errors import AdapterBankError
-from cli import bank_commands, bench_commands, core_commands, export_commands, predict_commands, train_commands
+from cli import (
+    bank_commands,
+    bench_commands,
+    core_commands,
+    export_commands,
+    predict_commands,
+    serve_commands,
+    train_commands,
+)
 
 app = typer.Typer(
     name="adapterbank",
@@ -31,6 +39,7 @@ export_commands.register(app)
 bench_commands.register(app)
 train_commands.register(app)
 predict_commands.register(app)
+serve_commands.register(app)
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1

@@ -49,7 +49,8 @@ def _decoded(source: Path | io.BytesIO, what: str) -> Iterator[Image.Image]:
             with Image.open(source) as image:
                 yield image
     except _UNREADABLE as exc:
-        raise AdapterBankError(f"cannot read image {what}: {exc}") from exc
+        detail = str(exc).replace(repr(source), "the data") if isinstance(source, io.BytesIO) else exc
+        raise AdapterBankError(f"cannot read image {what}: {detail}") from exc
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

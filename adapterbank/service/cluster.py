@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from adapterbank.service.app import Scaling
 
 LOCAL_OBJECT_STORE_BYTES = 256 << 20  # requests and answers are small; Ray's default takes 30% of the memory
+_started_here: list[bool] = []  # whether this process started the Ray it is connected to (then it stops it)
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -24,6 +25,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    _started_here[:] = [not address]
     quiet = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
     try:
         if address:
@@ -60,10 +62,27 @@ def start_service(
 
 
 def stop_service() -> None:
-    """Stop the service and, when this process started Ray, Ray with it (no processes are left behind)."""
+    """Stop the service: with the Ray this process started (no processes are left behind), or, on a cluster it
+    joined, only this application."""
     import ray
     from ray import serve
 
-    if ray.is_initialized():
+    from adapterbank.service.app import APP_NAME
+
+    if not ray.is_initialized():
+        return
+    if _started_here == [True]:
         serve.shutdown()
+    else:
+        serve.delete(APP_NAME)
+    disconnect()
+
+
+def disconnect() -> None:
+    """Leave the Ray that connect() started or joined: a local one stops with it, a cluster only loses this driver.
+    A Ray the caller had started itself is left as it is."""
+    import ray
+
+    if _started_here:  # connected by connect(), not by the caller
         ray.shutdown()
+    _started_here.clear()
