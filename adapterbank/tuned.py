@@ -117,16 +117,21 @@ class TunedModel(nn.Module):
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
 
-    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+    def param_groups(self, weight_decay: float, head_lr: float | None = None) -> list[dict[str, Any]]:
         """AdamW groups as the papers: decay on matrices (SNELL/LoRA factors, head weights), none on vectors
-        (SSF scales and shifts, biases); a stacked task tensor counts by its per-task shape."""
+        (SSF scales and shifts, biases); a stacked task tensor counts by its per-task shape. With `head_lr`, the
+        head's tensors are groups of their own at that lr (the scheduler scales every group alike)."""
         stacked = {f"{path}.{n}" for path, m in task_modules(self.model) for n, _ in m.named_parameters(recurse=False)}
-        decay, no_decay = [], []
+        head = f"{self.head_path}."
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for name, p in self.trainable_parameters():
             per_task_ndim = p.ndim - 1 if name in stacked else p.ndim
-            (decay if per_task_ndim >= 2 else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return [g for g in groups if g["params"]]
+            own_lr = head_lr is not None and name.startswith(head)
+            groups.setdefault((own_lr, per_task_ndim >= 2), []).append(p)
+        return [
+            {"params": params, "weight_decay": weight_decay if decays else 0.0} | ({"lr": head_lr} if own_lr else {})
+            for (own_lr, decays), params in sorted(groups.items(), key=lambda item: (item[0][0], not item[0][1]))
+        ]
 
     def num_trainable(self, include_head: bool = True) -> int:
         """Trainable numbers of task 0 (head included or not); buffers such as BatchNorm statistics excluded."""

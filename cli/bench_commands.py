@@ -150,6 +150,57 @@ def train_memory(
     console.print(table)
 
 
+@app.command("http")
+def http(
+    backbone: str = typer.Option("tf_efficientnet_lite0", help="timm name; 'packaged' weights when it has them."),
+    checkpoint: str | None = typer.Option("packaged", help="Backbone weights: a file, 'packaged' or 'none'."),
+    method: str = typer.Option("ssf"),
+    tasks: int = typer.Option(8, min=1, help="Tasks; client i asks for task i mod TASKS."),
+    clients: str = typer.Option("1,4,8,16", help="Comma-separated counts of concurrent clients."),
+    seconds: float = typer.Option(10.0, min=1.0, help="Measured seconds per point (after a warm-up)."),
+    image_size: int = typer.Option(224, "--image-size", min=16),
+    max_batch: int = typer.Option(64, "--max-batch", min=1),
+    batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", min=0.0),
+    backend: str = typer.Option("torch"),
+    replica_cpus: float = typer.Option(2.0, min=0.1, help="CPUs of the one replica (its compute threads)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Also print Markdown tables."),
+) -> None:
+    """HTTP throughput and latency, cross-task batching against one task at a time, N concurrent clients."""
+    from adapterbank.benchmarks.http import MODES, http_benchmark
+    from adapterbank.service.cluster import require_ray
+
+    require_ray()
+    counts = [int(c) for c in clients.split(",") if c.strip()]
+    rows = http_benchmark(
+        backbone, None if checkpoint == "none" else checkpoint, method, tasks, counts, seconds, image_size,
+        max_batch, batch_wait_ms, backend, replica_cpus,
+    )  # fmt: skip
+    cross, alone = ({r.clients: r for r in rows if r.mode == mode} for mode in MODES)
+    table = Table("clients", "cross-task img/s", "one-at-a-time img/s", "ratio", "cross p50/p99 ms", "one p50/p99 ms")
+    lines = [
+        "| clients | cross-task img/s | one task at a time img/s | ratio | cross-task p50 ms | cross-task p99 ms "
+        "| one at a time p50 ms | one at a time p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for count in counts:
+        a, b = cross[count], alone[count]
+        ratio = f"{a.images_per_s / b.images_per_s:.2f}x"
+        table.add_row(
+            str(count), f"{a.images_per_s:.1f}", f"{b.images_per_s:.1f}", ratio,
+            f"{a.p50_ms:.0f} / {a.p99_ms:.0f}", f"{b.p50_ms:.0f} / {b.p99_ms:.0f}",
+        )  # fmt: skip
+        cells = [count, f"{a.images_per_s:.1f}", f"{b.images_per_s:.1f}", ratio]
+        cells += [f"{a.p50_ms:.0f}", f"{a.p99_ms:.0f}", f"{b.p50_ms:.0f}", f"{b.p99_ms:.0f}"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    table.caption = (
+        f"{backbone} at {image_size} px, {method}, {tasks} tasks, {backend}, max batch {max_batch}, "
+        f"wait {batch_wait_ms:g} ms, {seconds:g} s per point"
+    )
+    console.print(table)
+    if markdown:
+        typer.echo("\n".join(lines))
+
+
 @app.command("serve")
 def serve(
     backbone: str = typer.Option("vit_base_patch16_224"),

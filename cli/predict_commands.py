@@ -55,6 +55,9 @@ def predict(
         raise AdapterBankError(f"unknown engine '{engine}': choose local or ray")
     ray_job = None
     if engine == "ray":
+        from adapterbank.service.cluster import require_ray
+
+        require_ray()
         from adapterbank.service.batch_job import RayJob
 
         ray_job = RayJob(address, ray_actors, actor_cpus, actor_gpus)

@@ -29,6 +29,9 @@ def serve(
     num_cpus: int | None = typer.Option(None, "--num-cpus", min=1, help="CPUs of the local Ray (default: all)."),
 ) -> None:
     """Serve the bank over HTTP until Ctrl-C: POST /v1/predict, GET /v1/tasks, GET /healthz (docs/serving.md)."""
+    from adapterbank.service.cluster import require_ray
+
+    require_ray()
     from adapterbank.bank.store import Bank
     from adapterbank.runtime import BACKENDS
     from adapterbank.service.app import Scaling

@@ -186,3 +186,32 @@ def test_epoch_schedule_is_timms_cosine_stepped_per_epoch() -> None:
             assert ours_optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-9)
             ours_optimizer.step()
             ours.step()
+
+
+def test_head_lr_gives_the_head_its_own_groups_on_the_same_schedule() -> None:
+    """Without head_lr, the papers' two groups (decay on matrices); with it, the head's tensors in groups of their
+    own at that lr, every group following the same warm-up and cosine; a bad head_lr is refused in one line."""
+    import torch
+
+    from adapterbank import AdapterBankError, TunedModel, create_backbone
+    from adapterbank.training.schedule import warmup_cosine
+
+    model = TunedModel(create_backbone("test_vit"), "test_vit", "ssf", [5])
+    trainable = {id(p) for _, p in model.trainable_parameters()}
+    head = {id(p) for p in model.model.get_submodule(model.head_path).parameters()}
+    plain = model.param_groups(0.1)
+    assert [g["weight_decay"] for g in plain] == [0.1, 0.0] and all("lr" not in g for g in plain)
+    split = model.param_groups(0.1, head_lr=0.02)
+    assert sorted(id(p) for g in split for p in g["params"]) == sorted(trainable)
+    assert {id(p) for g in split if g.get("lr") == 0.02 for p in g["params"]} == head
+    # SSF's own tensors are vectors (no decay); the head's weight decays, its bias does not
+    assert [(g.get("lr"), g["weight_decay"]) for g in split] == [(None, 0.0), (0.02, 0.1), (0.02, 0.0)]
+    optimizer = torch.optim.AdamW(split, lr=1e-3)
+    schedule = warmup_cosine(optimizer, cosine_end=10, warmup_steps=2, lr=1e-3, min_lr=1e-6, warmup_lr=1e-6)
+    for _ in range(6):
+        optimizer.step()
+        schedule.step()
+        assert optimizer.param_groups[1]["lr"] / optimizer.param_groups[0]["lr"] == pytest.approx(20.0)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(AdapterBankError, match="--head-lr must be a positive number"):
+            resolve({"task": "t", "method": "ssf", "data": ".", "head_lr": bad}, {}).validate()

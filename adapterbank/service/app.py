@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from adapterbank.allocator import keep_freed_memory
 from adapterbank.bank.store import valid_task_name
 from adapterbank.runtime.requests import Prediction
 from adapterbank.service.bank_service import BankService, DecodedRequest, ServiceOptions
@@ -54,6 +55,7 @@ def _error(exc: BadRequest) -> JSONResponse:
 @serve.ingress(api)
 class BankServer:
     def __init__(self, bank: str, options: ServiceOptions, max_batch: int, batch_wait_s: float) -> None:
+        keep_freed_memory()  # a replica is a process of its own answering batch after batch (docs/serving.md#allocator)
         self.service = BankService(bank, options)
         self.answer_batch.set_max_batch_size(max_batch)
         self.answer_batch.set_batch_wait_timeout_s(batch_wait_s)

@@ -32,8 +32,10 @@ class _Answerer:
     """One per Ray actor: the runtime is built once and answers every batch the actor is given."""
 
     def __init__(self, bank: str, options: ServiceOptions, batch_size: int, top_k: int) -> None:
+        from adapterbank.allocator import keep_freed_memory
         from adapterbank.runtime import open_runtime
 
+        keep_freed_memory()  # the actor is a process of its own answering batch after batch
         self.runtime = open_runtime(
             bank,
             options.backend,

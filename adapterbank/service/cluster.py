@@ -18,9 +18,22 @@ LOCAL_OBJECT_STORE_BYTES = 256 << 20  # requests and answers are small; Ray's de
 _started_here: list[bool] = []  # whether this process started the Ray it is connected to (then it stops it)
 
 
+def require_ray() -> None:
+    """Ray is an extra: say how to install it in one line instead of an ImportError."""
+    try:
+        import ray
+        import ray.data
+        import ray.serve  # noqa: F401
+    except ImportError as exc:
+        raise AdapterBankError(
+            f"serving on Ray needs `pip install 'adapterbank[serve]'` (ray[serve,data]==2.60.0): {exc}"
+        ) from exc
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster at `address` ('auto' finds a local one), or start a local Ray with `num_cpus` (default: all)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports from an offline machine
+    require_ray()
     import ray
 
     if ray.is_initialized():

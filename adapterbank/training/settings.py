@@ -25,6 +25,7 @@ class TrainSettings:
     epochs: int = 100
     batch_size: int = 32
     lr: float = 1e-3
+    head_lr: float | None = None  # the head's own lr (None: `lr`, as the papers); short schedules need a faster head
     weight_decay: float = 1e-4
     warmup_epochs: float = 10.0  # at most half of the run
     warmup_lr: float = 1e-6
@@ -62,8 +63,12 @@ class TrainSettings:
         for name in ("epochs", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise AdapterBankError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise AdapterBankError(f"--lr must be a positive number, got {self.lr!r}")
+        for name in ("lr", "head_lr"):
+            value = getattr(self, name)
+            if name == "head_lr" and value is None:
+                continue
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise AdapterBankError(f"--{name.replace('_', '-')} must be a positive number, got {value!r}")
         for name in ("weight_decay", "min_lr", "warmup_lr"):
             _check_range(name, getattr(self, name), 0.0, math.inf)
         if not 0 <= self.seed < 2**31:
@@ -96,6 +101,7 @@ class TrainSettings:
             "epochs",
             "batch_size",
             "lr",
+            "head_lr",
             "weight_decay",
             "seed",
             "max_steps",

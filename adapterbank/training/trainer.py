@@ -124,7 +124,8 @@ def _set_up(settings: TrainSettings, choice: BackboneChoice, info: ProcessInfo, 
         backbone, bank.identity.arch, settings.method, classes, settings.options, bank.identity.fingerprint
     )
     per_epoch = steps_per_epoch(len(train_set), settings.batch_size, info.world_size)
-    optimizer = torch.optim.AdamW(model.param_groups(settings.weight_decay), lr=settings.lr, eps=1e-8)
+    groups = model.param_groups(settings.weight_decay, settings.head_lr)
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr, eps=1e-8)
     scheduler = _scheduler(optimizer, settings, per_epoch)
     ema = TaskEma([p for _, p in model.trainable_parameters()], settings.ema_decay) if settings.ema_decay else None
     device = device_for(info)
