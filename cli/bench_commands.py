@@ -124,12 +124,14 @@ def train_memory(
     option: list[str] = typer.Option(
         [], "--option", "-o", help="KEY=VALUE for every method that has it, e.g. -o dropout=0 -o drop_path=0."
     ),
+    image_size: int | None = typer.Option(None, "--image-size", min=16, help="Default: the backbone's own."),
 ) -> None:
     """Peak training memory and step time per method (fresh process each), as ratios to LoRA."""
     from adapterbank.benchmarks.train_memory import train_memory as measure
     from cli.options import parse_options
 
-    rows = measure(backbone, batch, steps, rank, [m for m in methods.split(",") if m], parse_options(option))
+    chosen = [m for m in methods.split(",") if m]
+    rows = measure(backbone, batch, steps, rank, chosen, parse_options(option), image_size or 0)
     lora = next((r for r in rows if r.method == "lora"), rows[0])
     table = Table(
         "method", "trainable", "peak MiB", "x LoRA memory", "saved activations MiB", "x LoRA", "step s", "x LoRA time"
@@ -210,6 +212,7 @@ def serve(
     rounds: int = typer.Option(3, min=1),
     resident: int = typer.Option(100, min=0, help="Tasks held for the memory measurement (0: skip)."),
     snell_cache_mb: int = typer.Option(4096, min=0, help="Budget of SNELL's merged-weight cache."),
+    image_size: int | None = typer.Option(None, "--image-size", min=16, help="Default: the backbone's own."),
 ) -> None:
     """Mixed-task batch throughput against single-task merged weights, the naive loop, and PEFT; memory."""
     from adapterbank.benchmarks.serve import serve_benchmark
@@ -218,7 +221,7 @@ def serve(
     names = [m for m in methods.split(",") if m]
     with serving_process() as kept:
         rows, memory = serve_benchmark(
-            backbone, names, tasks, batch, rounds, resident, snell_cache_bytes=snell_cache_mb << 20
+            backbone, names, tasks, batch, rounds, resident, snell_cache_bytes=snell_cache_mb << 20, size=image_size
         )
     heap = "freed memory kept in the heap" if kept else "default allocator"
     table = Table(

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from adapterbank.anatomy import backbone_state
-from adapterbank.backbones import create_backbone
+from adapterbank.backbones import adapt_input_size, create_backbone
 from adapterbank.bank.torch_bridge import commit, create_bank, load_tasks, task_record
 from adapterbank.benchmarks.timing import interleaved_medians
 from adapterbank.inspection import perturb_task_parameters
@@ -60,8 +60,12 @@ class MemoryRow:
         return (self.resident_bytes - self.backbone_bytes) / max(self.task_bytes, 1)
 
 
-def fill_bank(folder: Path, backbone: torch.nn.Module, arch: str, method: str, count: int, classes: int) -> list[str]:
+def fill_bank(
+    folder: Path, backbone: torch.nn.Module, arch: str, method: str, count: int, classes: int, size: int | None = None
+) -> list[str]:
+    """`count` tasks of `method`, tensors moved off their init; `size`: the image size they were trained at."""
     bank = create_bank(folder, backbone, arch, "random-init")
+    training = {"image_size": size} if size else None
     names = []
     for i in range(count):
         model = TunedModel(
@@ -69,7 +73,7 @@ def fill_bank(folder: Path, backbone: torch.nn.Module, arch: str, method: str, c
         )
         perturb_task_parameters(model, seed=i)
         names.append(f"{method}-{i}")
-        commit(bank, task_record(model, names[-1]))
+        commit(bank, task_record(model, names[-1], training=training))
     return names
 
 
@@ -117,14 +121,19 @@ def serve_benchmark(
     resident: int = 100,
     classes: int = 10,
     snell_cache_bytes: int = 4 << 30,
+    size: int | None = None,
 ) -> tuple[list[ServeRow], list[MemoryRow]]:
+    """`size`: images of that size (ViT/Swin resampled to it); None: the architecture's own input size."""
     torch.manual_seed(0)
     backbone = create_backbone(arch)
-    x = torch.randn(batch, *backbone.pretrained_cfg["input_size"])
+    channels, height, width = backbone.pretrained_cfg["input_size"]
+    if size:
+        adapt_input_size(backbone, size)  # PEFT's model and the one-task models take the size as the runtime does
+    x = torch.randn(batch, channels, size or height, size or width)
     rows, memory = [], []
     with tempfile.TemporaryDirectory() as folder:
         for method in methods:
-            names = fill_bank(Path(folder) / method, backbone, arch, method, tasks, classes)
+            names = fill_bank(Path(folder) / method, backbone, arch, method, tasks, classes, size)
             bank_path = Path(folder) / method
             runtime = TorchRuntime(bank_path, snell_cache_bytes=snell_cache_bytes)
             mixed = [names[i % tasks] for i in range(batch)]
@@ -161,7 +170,7 @@ def serve_benchmark(
             )
             tuning = get_method(method)
             if resident and not tuning.trains_backbone and not tuning.caches_derived_weights:  # tensors only
-                many = fill_bank(Path(folder) / f"{method}-many", backbone, arch, method, resident, classes)
+                many = fill_bank(Path(folder) / f"{method}-many", backbone, arch, method, resident, classes, size)
                 big = TorchRuntime(Path(folder) / f"{method}-many", preload=many)
                 per_task = sum(v.nbytes for v in big.bank.load(many[0]).tensors.values())
                 backbone_bytes = sum(t.numel() * t.element_size() for t in backbone_state(big.backbone).values())

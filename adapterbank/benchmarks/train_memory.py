@@ -5,7 +5,7 @@ training runs: forward, cross-entropy, backward, AdamW update of the trainable t
 activations autograd keeps between forward and backward (distinct storages, model weights excluded): exact and
 allocator-independent, where CPU peak RSS also counts freed memory the allocator has not returned.
 
-    python -m adapterbank.benchmarks.train_memory METHOD ARCH BATCH STEPS RANK OPTIONS_JSON   (prints JSON)
+    python -m adapterbank.benchmarks.train_memory METHOD ARCH BATCH STEPS RANK OPTIONS_JSON SIZE   (prints JSON)
 """
 
 from __future__ import annotations
@@ -32,10 +32,15 @@ class MemoryRow:
     device: str
 
 
-def measure_one(method: str, arch: str, batch: int, steps: int, rank: int, options: dict | None = None) -> dict:
+def measure_one(
+    method: str, arch: str, batch: int, steps: int, rank: int, options: dict | None = None, size: int = 0
+) -> dict:
+    """One method's peak and step time; `size` > 0: images of that size (ViT/Swin resampled to it), else the
+    architecture's own input size."""
     import torch
     import torch.nn.functional as F
 
+    from adapterbank.backbones import adapt_input_size
     from adapterbank.methods import METHODS
     from adapterbank.tuned import tune
 
@@ -43,9 +48,14 @@ def measure_one(method: str, arch: str, batch: int, steps: int, rank: int, optio
     torch.manual_seed(0)
     fields = METHODS[method].config_type.__dataclass_fields__
     chosen = {k: v for k, v in {"rank": rank, **(options or {})}.items() if k in fields}
-    model = tune(arch, method, 100, **chosen).to(device).train()
+    model = tune(arch, method, 100, **chosen)
+    channels, height, width = model.model.pretrained_cfg["input_size"]
+    if size:
+        adapt_input_size(model.model, size)
+        height = width = size
+    model = model.to(device).train()
     optimizer = torch.optim.AdamW(model.param_groups(1e-4), lr=1e-4)
-    images = torch.randn(batch, *model.model.pretrained_cfg["input_size"], device=device)
+    images = torch.randn(batch, channels, height, width, device=device)
     labels = torch.randint(0, 100, (batch,), device=device)
     weights = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
     saved: dict[int, int] = {}
@@ -88,6 +98,7 @@ def train_memory(
     rank: int = 8,
     methods: Sequence[str] = METHODS,
     options: dict | None = None,
+    size: int = 0,
 ) -> list[MemoryRow]:
     """`options` go to every method that has them (e.g. SNELL's dropout)."""
     rows = []
@@ -103,6 +114,7 @@ def train_memory(
                 str(steps),
                 str(rank),
                 json.dumps(options or {}),
+                str(size),
             ],
             capture_output=True,
             text=True,
@@ -115,8 +127,14 @@ def train_memory(
 
 
 if __name__ == "__main__":
-    method_name, arch_name, batch_size, step_count, lora_rank, method_options = sys.argv[1:7]
+    method_name, arch_name, batch_size, step_count, lora_rank, method_options, image_size = sys.argv[1:8]
     measured = measure_one(
-        method_name, arch_name, int(batch_size), int(step_count), int(lora_rank), json.loads(method_options)
+        method_name,
+        arch_name,
+        int(batch_size),
+        int(step_count),
+        int(lora_rank),
+        json.loads(method_options),
+        int(image_size),
     )
     print(json.dumps(measured))
