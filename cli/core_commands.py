@@ -38,12 +38,12 @@ def backbones(
 
 
 def _list_packaged() -> None:
-    from adapterbank.packaged_weights import PACKAGED, installed_file
+    from adapterbank.packaged_weights import PACKAGED, packaged_checkpoint
 
     table = Table("backbone", "weights", "package", "installed")
     for arch, weights in PACKAGED.items():
         try:
-            installed_file(weights)
+            packaged_checkpoint(arch)  # the file, checked by its sha256
             installed = "yes"
         except AdapterBankError as exc:
             installed = f"no: {exc}"

@@ -50,10 +50,11 @@ def serve(
     options = ServiceOptions(backend, task_cache_bytes=task_cache_mb << 20 if task_cache_mb else None, preload=hot)
     scaling = Scaling(replicas, min_replicas, max_replicas, replica_cpus, replica_gpus)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     try:
         url = start_service(store.path, host, port, options, scaling, max_batch, batch_wait_ms, address, num_cpus)
+        # after Ray's start-up, which installs its own SIGTERM handler; Ctrl-C during start-up interrupts it
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         typer.echo(f"serving {count} tasks of {store.path} at {url} with {backend} (Ctrl-C stops)")
         stop.wait()
     finally:

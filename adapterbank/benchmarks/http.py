@@ -1,6 +1,7 @@
 """`adapterbank bench http`: the HTTP service under N concurrent clients, each sending single-image requests for
 its own task, with cross-task batching against the same service answering one task at a time (its batches split
-by task: what a server without mixed-task batching does). Both run in one process on one local Ray, side by side.
+by task: what a server without mixed-task batching does). Both run in one process on one local Ray, one after the
+other (the application is redeployed between them), with the same clients, images and tasks.
 
 Targets (docs/benchmarks.md#targets): cross-task >= 2x the throughput of one-task-at-a-time at 16 clients, and its
 p99 latency <= 2x its p50.
@@ -73,8 +74,15 @@ def photos(count: int, size: int) -> list[str]:
     return out
 
 
-def _client(port: int, body: bytes, warmup_end: float, stop: float, latencies: list[float]) -> None:
+def _client(port: int, body: bytes, warmup_end: float, stop: float, latencies: list[float], errors: list) -> None:
     """One client in a closed loop on a keep-alive connection; latencies of requests sent after the warm-up."""
+    try:
+        _requests(port, body, warmup_end, stop, latencies)
+    except Exception as exc:  # re-raised by `measure`: a failed client must not leave a rate of the others
+        errors.append(exc)
+
+
+def _requests(port: int, body: bytes, warmup_end: float, stop: float, latencies: list[float]) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     headers = {"Content-Type": "application/json"}
     while (now := time.perf_counter()) < stop:
@@ -96,14 +104,17 @@ def measure(port: int, names: Sequence[str], images: Sequence[str], clients: int
     start = time.perf_counter()
     warmup_end, stop = start + min(2.0, seconds / 4), start + min(2.0, seconds / 4) + seconds
     per_client: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[Exception] = []
     threads = [
-        threading.Thread(target=_client, args=(port, bodies[i], warmup_end, stop, per_client[i]))
+        threading.Thread(target=_client, args=(port, bodies[i], warmup_end, stop, per_client[i], errors))
         for i in range(clients)
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {clients} clients failed: {errors[0]}") from errors[0]
     latencies = [value for values in per_client for value in values]
     return len(latencies) / seconds, latencies
 

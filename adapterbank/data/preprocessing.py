@@ -26,6 +26,7 @@ AUGMENTATIONS = ("none", "fgvc", "simple")  # none: VTAB-1k; fgvc: SNELL/VPT FGV
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 TRAIN_INTERPOLATIONS = (*INTERPOLATIONS, "random")  # random: bilinear or bicubic per image (timm, SSF FGVC)
 MAX_SIZE = 4096  # px per side: far beyond any backbone's training size; bounds what a stored record can ask for
+MAX_RESIZED_PIXELS = 1 << 26  # a resize of the short side scales the long side too: a thin image is refused first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +101,23 @@ class Preprocessing:
         if self.resize == "direct":
             geometry = [T.Resize((self.size, self.size), interpolation=interpolation)]
         else:
-            geometry = [T.Resize(self.resize_to, interpolation=interpolation), T.CenterCrop(self.size)]
+            geometry = [
+                self._refuse_elongated,
+                T.Resize(self.resize_to, interpolation=interpolation),
+                T.CenterCrop(self.size),
+            ]
         return T.Compose([*geometry, T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def _refuse_elongated(self, image: Image.Image) -> Image.Image:
+        """A 2 x 4,000,000 px image is small, but resizing its short side to `resize_to` would allocate gigabytes."""
+        width, height = image.size
+        long_side = self.resize_to * max(width, height) / max(1, min(width, height))
+        if self.resize_to * long_side > MAX_RESIZED_PIXELS:
+            raise AdapterBankError(
+                f"a {width}x{height} image is too elongated: resizing its short side to {self.resize_to} px would "
+                f"make it {self.resize_to}x{long_side:.0f}"
+            )
+        return image
 
     def train_transform(
         self, augment: str, interpolation: str, random_erase: float = 0.0

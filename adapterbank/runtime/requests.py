@@ -102,6 +102,9 @@ def predict_items(runtime: Runtime, preprocess: Preprocessor, items: Sequence[Im
         except AdapterBankError as exc:
             out[i] = Prediction([], [], [], str(exc))
             continue
+        except Exception as exc:  # an image no check foresaw (e.g. MemoryError): its item fails, the batch goes on
+            out[i] = Prediction([], [], [], f"cannot preprocess the image: {type(exc).__name__}: {str(exc)[:160]}")
+            continue
         by_size.setdefault(contract.size, []).append((i, tensor))
     for rows in by_size.values():
         indices = [i for i, _ in rows]

@@ -16,7 +16,6 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from adapterbank.allocator import keep_freed_memory
-from adapterbank.bank.store import valid_task_name
 from adapterbank.runtime.requests import Prediction
 from adapterbank.service.bank_service import BankService, DecodedRequest, ServiceOptions
 from adapterbank.service.protocol import MAX_BODY_BYTES, BadRequest, parse_predict_body, prediction_json
@@ -70,13 +69,10 @@ class BankServer:
 
     @api.get("/v1/tasks/{name}")
     async def task(self, name: str) -> JSONResponse:
-        bank = self.service.bank
-        if not valid_task_name(name) or not bank.task_file(name).is_file():
-            return _error(BadRequest(f"unknown task '{name[:200]}'", 404))
-        record = await asyncio.to_thread(bank.describe, name)
-        return JSONResponse(
-            {"name": name, "method": record.method, "classes": record.class_names, "training": record.training}
-        )
+        try:
+            return JSONResponse(await asyncio.to_thread(self.service.describe, name))
+        except BadRequest as exc:
+            return _error(exc)
 
     @api.post("/v1/predict")
     async def predict(self, request: Request) -> JSONResponse:
@@ -91,12 +87,12 @@ class BankServer:
         except BadRequest as exc:
             return _error(exc)
         answers = [
-            prediction_json(item.task, p.labels, p.class_names, p.scores)
+            prediction_json(item.task, item.top_k, p.labels, p.class_names, p.scores)
             for item, p in zip(decoded, predictions, strict=True)
         ]
         return JSONResponse({"predictions": answers} if listed else answers[0])
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, max_concurrent_batches=1)
     async def answer_batch(self, batch: list[DecodedRequest]) -> list[Prediction]:
         # off the event loop, so requests keep arriving (and the next batch forming) while this one computes
         return await asyncio.to_thread(self.service.answer, batch)

@@ -8,7 +8,8 @@ the service answers what `predict` answers. Before each batch the runtime drops 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from PIL import Image
 
 from adapterbank.bank.store import Bank, valid_task_name
 from adapterbank.data.images import decode_rgb
+from adapterbank.data.preprocessing import task_preprocessing
+from adapterbank.errors import AdapterBankError
 from adapterbank.runtime import open_runtime
 from adapterbank.runtime.requests import ImageItem, Prediction, Preprocessor, predict_items
 from adapterbank.service.protocol import BadRequest, ImageRequest
@@ -52,6 +55,7 @@ class BankService:
             options.device,
         )
         self.preprocess = Preprocessor(self.runtime)
+        self._lock = threading.Lock()
 
     def check(self, request: ImageRequest) -> DecodedRequest:
         """Refuse what can be refused before a batch (unknown task: 404; undecodable image: 400); decode the image."""
@@ -64,7 +68,12 @@ class BankService:
         return DecodedRequest(request.task, image, request.top_k)
 
     def answer(self, batch: Sequence[DecodedRequest]) -> list[Prediction]:
-        """Predictions in order; a request whose task cannot be served gets an error, the others are answered."""
+        """Predictions in order; a request whose task cannot be served gets an error, the others are answered.
+        One batch at a time: the runtime's slot tables and caches are not shared between threads."""
+        with self._lock:
+            return self._answer(batch)
+
+    def _answer(self, batch: Sequence[DecodedRequest]) -> list[Prediction]:
         self.runtime.reload()
         items = [ImageItem(r.task, _returning(r.image), r.top_k) for r in batch]
         if self.options.cross_task:
@@ -78,6 +87,23 @@ class BankService:
                 out[i] = got
         return out  # type: ignore[return-value]
 
+    def describe(self, name: str) -> dict[str, Any]:
+        """One task for clients: its classes and how to prepare images for it; nothing of the server's paths."""
+        if not valid_task_name(name) or not self.bank.task_file(name).is_file():
+            raise BadRequest(f"unknown task '{name[:200]}'", 404)
+        try:
+            record = self.bank.describe(name)
+            contract = task_preprocessing(record.training, self.bank.identity)
+        except AdapterBankError as exc:
+            raise BadRequest(str(exc).splitlines()[0], 422) from exc
+        return {
+            "name": name,
+            "method": record.method,
+            "classes": record.class_names,
+            "preprocessing": contract.manifest(),
+            "metrics": record.metrics,
+        }
+
     def tasks(self) -> list[dict[str, Any]]:
         """Every task of the bank, from its catalog: name, method, classes, version (its last commit's time)."""
         return [
@@ -87,5 +113,5 @@ class BankService:
         ]
 
 
-def _returning(image: Image.Image):
+def _returning(image: Image.Image) -> Callable[[], Image.Image]:
     return lambda: image

@@ -64,14 +64,35 @@ def start_service(
     """Start (or update) the service on Ray; returns its base URL once every replica is up."""
     from ray import serve
 
-    from adapterbank.service.app import APP_NAME, build_app
+    from adapterbank.service.app import APP_NAME, Scaling, build_app
 
     connect(address, num_cpus)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # start-up chatter is not for users
     serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "ERROR"})
+    scaling = scaling or Scaling()
+    if _started_here == [True]:
+        _check_room(scaling)
     app = build_app(bank, options, scaling, max_batch, batch_wait_ms)
-    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    try:
+        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    except Exception as exc:  # Ray's deployment errors carry the replica's traceback: its first line is the news
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise AdapterBankError(f"the service did not start: {first}") from exc
     return f"http://{host}:{port}"
+
+
+def _check_room(scaling: Scaling) -> None:
+    """On a local Ray, replicas that cannot be placed would be waited for forever: refuse them in one line."""
+    import ray
+
+    have = ray.cluster_resources()
+    count = scaling.min_replicas if scaling.min_replicas is not None else scaling.replicas
+    for kind, per_replica in (("CPU", scaling.replica_cpus), ("GPU", scaling.replica_gpus)):
+        if count * per_replica > have.get(kind, 0.0):
+            raise AdapterBankError(
+                f"{count} replica(s) x {per_replica:g} {kind} do not fit this machine's Ray ({have.get(kind, 0.0):g} "
+                f"{kind}): lower --replicas or --replica-{kind.lower()}s, or join a cluster with --address"
+            )
 
 
 def stop_service() -> None:

@@ -2,9 +2,9 @@
 
     POST /v1/predict  {"task": NAME, "image": BASE64, "top_k": K}  or  {"instances": [such objects, ...]}
                       -> {"task", "label", "class_name", "score"} (lists when top_k > 1), or {"predictions": [...]}
-    GET  /v1/tasks/NAME -> {"name", "method", "classes": [class names], "training"}
+    GET  /v1/tasks/NAME -> {"name", "method", "classes": [class names], "preprocessing", "metrics"}
     GET  /v1/tasks    -> {"tasks": [{"name", "method", "classes", "version"}, ...]}
-    GET  /healthz     -> {"status": "ok", "tasks": N}
+    GET  /healthz     -> {"status": "ok"}
 
 Request bodies are untrusted: sizes are bounded before decoding, every field is type-checked, and an error is one
 line with a 4xx status.
@@ -46,8 +46,8 @@ def parse_predict_body(body: bytes) -> tuple[list[ImageRequest], bool]:
         raise BadRequest(f"request body over {MAX_BODY_BYTES >> 20} MiB", 413)
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"the body is not JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, 4300-digit ints, deep nesting
+        raise BadRequest(f"the body is not JSON the service can read ({str(exc)[:120]})") from exc
     if not isinstance(payload, dict):
         raise BadRequest('the body must be a JSON object: {"task", "image", "top_k"} or {"instances": [...]}')
     if "instances" not in payload:
@@ -82,8 +82,10 @@ def _one(item: Any, where: str) -> ImageRequest:
     return ImageRequest(task, data, top_k)
 
 
-def prediction_json(task: str, labels: list[int], class_names: list[str], scores: list[float]) -> dict[str, Any]:
-    """One answer: scalars for top_k 1, lists otherwise (the order of `predict --top-k`)."""
-    if len(labels) == 1:
+def prediction_json(
+    task: str, top_k: int, labels: list[int], class_names: list[str], scores: list[float]
+) -> dict[str, Any]:
+    """One answer: scalars when top_k is 1, else lists (of at most the task's class count), best first."""
+    if top_k == 1:
         return {"task": task, "label": labels[0], "class_name": class_names[0], "score": scores[0]}
     return {"task": task, "label": labels, "class_name": class_names, "score": scores}
