@@ -183,7 +183,10 @@ def quickstart(
     ),
     epochs: int = typer.Option(3, min=1),
     image_size: int | None = typer.Option(
-        None, "--image-size", min=32, help="Default: 96 px for the CNN, 112 px (8x8 patches) for the ViT."
+        None, "--image-size", min=28, help="Default: 96 px for the CNN, 112 px (8x8 patches) for the ViT."
+    ),
+    max_steps: int | None = typer.Option(
+        None, "--max-steps", min=1, help="Stop each task after N steps (a smoke run)."
     ),
 ) -> None:
     """Offline demo: two real-image tasks, two methods, one bank, real pretrained weights from a pip package."""
@@ -199,7 +202,9 @@ def quickstart(
         console.print(f"[bold]{spec.task}[/bold] ({spec.source}) with {spec.method} on {backbone}")
         reporter = ProgressReporter()
         try:
-            results.append((spec, run(settings_for(spec, data[spec.task], bank, epochs, size, backbone), reporter)))
+            settings = settings_for(spec, data[spec.task], bank, epochs, size, backbone)
+            settings.max_steps = max_steps
+            results.append((spec, run(settings, reporter)))
         finally:
             reporter.stop()
     store = Bank(bank)

