@@ -174,7 +174,7 @@ def http(
     require_ray()
     counts = [int(c) for c in clients.split(",") if c.strip()]
     rows = http_benchmark(
-        backbone, None if checkpoint == "none" else checkpoint, method, tasks, counts, seconds, image_size,
+        backbone, checkpoint, method, tasks, counts, seconds, image_size,
         max_batch, batch_wait_ms, backend, replica_cpus,
     )  # fmt: skip
     cross, alone = ({r.clients: r for r in rows if r.mode == mode} for mode in MODES)

@@ -85,7 +85,7 @@ def _client(port: int, body: bytes, warmup_end: float, stop: float, latencies: l
 def _requests(port: int, body: bytes, warmup_end: float, stop: float, latencies: list[float]) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     headers = {"Content-Type": "application/json"}
-    while (now := time.perf_counter()) < stop:
+    while (now := time.perf_counter()) < stop or not latencies:  # at least one measured request per client
         connection.request("POST", "/v1/predict", body, headers)
         response = connection.getresponse()
         payload = response.read()
@@ -116,7 +116,7 @@ def measure(port: int, names: Sequence[str], images: Sequence[str], clients: int
     if errors:
         raise RuntimeError(f"{len(errors)} of {clients} clients failed: {errors[0]}") from errors[0]
     latencies = [value for values in per_client for value in values]
-    return len(latencies) / seconds, latencies
+    return len(latencies) / max(seconds, time.perf_counter() - warmup_end), latencies
 
 
 def free_port() -> int:
