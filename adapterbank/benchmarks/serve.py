@@ -127,8 +127,9 @@ def serve_benchmark(
     torch.manual_seed(0)
     backbone = create_backbone(arch)
     channels, height, width = backbone.pretrained_cfg["input_size"]
+    sized = copy.deepcopy(backbone)  # the bank keeps the backbone as created; PEFT's model takes the images' size
     if size:
-        adapt_input_size(backbone, size)  # PEFT's model and the one-task models take the size as the runtime does
+        adapt_input_size(sized, size)
     x = torch.randn(batch, channels, size or height, size or width)
     rows, memory = [], []
     with tempfile.TemporaryDirectory() as folder:
@@ -154,7 +155,7 @@ def serve_benchmark(
                 "naive": naive,
             }
             if method == "lora":
-                peft_model = _peft_forward(backbone, arch, tasks, classes, 8)
+                peft_model = _peft_forward(sized, arch, tasks, classes, 8)
                 adapters = [f"a{i % tasks}" for i in range(batch)]
                 candidates["peft"] = lambda m=peft_model, a=adapters: m(x, adapter_names=a)
             seconds = interleaved_medians(candidates, rounds, warmup=1)
