@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from PIL import Image
 from adapterbank import TunedModel, create_backbone
 from adapterbank.bank.store import Bank
 from adapterbank.bank.torch_bridge import commit, create_bank, load_backbone, task_record
+from adapterbank.benchmarks.http import free_port
 from adapterbank.inspection import perturb_task_parameters
 from adapterbank.runtime import TorchRuntime
 from adapterbank.runtime.requests import Request, answer
@@ -161,12 +161,6 @@ def test_the_service_answers_what_predict_answers_and_serves_commits(tmp_path: P
 
 
 # --- a real local Ray -------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ray_processes() -> set[int]:
