@@ -109,7 +109,7 @@ def test_bench_serve_runs() -> None:
         "bench",
         "serve",
         "--backbone",
-        "convnext_atto",
+        "vit_tiny_patch16_224",  # resampled to 64 px: every model of the benchmark (PEFT's too) must follow
         "--methods",
         "ssf,lora,adapter",
         "--tasks",

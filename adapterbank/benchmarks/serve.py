@@ -85,12 +85,11 @@ def _distinct_bytes(runtime: TorchRuntime) -> int:
     return sum(seen.values())
 
 
-def _peft_forward(backbone: torch.nn.Module, arch: str, count: int, classes: int, rank: int):
+def _peft_forward(backbone: torch.nn.Module, count: int, classes: int, rank: int):
     import peft
-    import timm
 
-    model = timm.create_model(arch, num_classes=classes)
-    model.load_state_dict(backbone_state(backbone), strict=False)
+    model = copy.deepcopy(backbone)  # at the images' size, with the bank's weights
+    model.reset_classifier(classes)
     targets = [path for path, _ in delta_targets(model)]  # the modules adapterbank's LoRA tunes, in any family
     config = peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=targets)
     wrapped = peft.get_peft_model(model, config, adapter_name="a0")
@@ -155,7 +154,7 @@ def serve_benchmark(
                 "naive": naive,
             }
             if method == "lora":
-                peft_model = _peft_forward(sized, arch, tasks, classes, 8)
+                peft_model = _peft_forward(sized, tasks, classes, 8)
                 adapters = [f"a{i % tasks}" for i in range(batch)]
                 candidates["peft"] = lambda m=peft_model, a=adapters: m(x, adapter_names=a)
             seconds = interleaved_medians(candidates, rounds, warmup=1)
