@@ -145,12 +145,13 @@ def test_bench_http_runs() -> None:
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
 @pytest.mark.slow
 def test_bench_accuracy_trains_then_reuses_identical_runs(tmp_path: Path) -> None:
-    """Real EfficientNet-Lite0 weights, one short run; a second call with --reuse reads it back without training."""
+    """Real EfficientNet-Lite0 weights, one short run (--reuse on a bank that does not exist yet trains); a second
+    call with --reuse reads it back without training."""
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text("image_size: 32\nepochs: 1\nmax_steps: 1\nbatch_size: 8\nlr: 0.01\nnum_workers: 0\n")
     args = ["bench", "accuracy", "--tasks", "hymenoptera", "--methods", "linear,adapter", "--recipe", str(recipe)]
     args += ["--bank", str(tmp_path / "bank"), "--markdown"]
-    first = cli_in_process(*args)
+    first = cli_in_process(*args, "--reuse")
     assert first.returncode == 0, first.stderr[-1500:]
     files = {p: p.stat().st_mtime_ns for p in (tmp_path / "bank").glob("tasks/*")}
     assert len(files) == 2

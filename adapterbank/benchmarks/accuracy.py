@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapterbank.bank.paths import regular_file
 from adapterbank.bank.store import Bank
 from adapterbank.data.layouts import detect_layout
 from adapterbank.errors import AdapterBankError
@@ -97,7 +98,7 @@ def accuracy_table(
             )
             settings = resolve(flags, {})
             settings.eval_every = settings.epochs
-            if not (reuse and _same_run(Bank(bank), name, settings)):
+            if not (reuse and _same_run(Path(bank), name, settings)):
                 train(settings, reporter(task, method) if reporter else None)
             record = Bank(bank).load(name, with_tensors=False)
             rows.append(
@@ -114,9 +115,13 @@ def accuracy_table(
     return rows
 
 
-def _same_run(bank: Bank, name: str, settings: TrainSettings) -> bool:
-    """Every setting given equals the stored run's (unset ones, e.g. the split, were resolved from the same data)."""
-    if not bank.path.is_dir() or name not in bank.tasks():
+def _same_run(bank_path: Path, name: str, settings: TrainSettings) -> bool:
+    """Every setting given equals the stored run's (unset ones, e.g. the split, were resolved from the same data).
+    No bank yet: nothing to reuse."""
+    if not regular_file(bank_path / "bank.h5"):
+        return False
+    bank = Bank(bank_path)
+    if name not in bank.tasks():
         return False
     wanted = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(settings))).items() if v is not None}
     training = bank.load(name, with_tensors=False).training
