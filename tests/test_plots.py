@@ -55,6 +55,14 @@ def test_cells_and_continuation_rows() -> None:
     assert labels == ["a / x", "a / y"] and columns == ["MiB"] and values == [[1.0, 2.0]]
 
 
+def test_stacked_markers_each_draw_the_table_below() -> None:
+    markers = "<!-- plot: rate columns=img/s -->\n<!-- plot: tail columns=p99 -->\n"
+    text = markers + "| n | img/s | p99 |\n|---|---|---|\n| 1 | 9 | 3 |\n"
+    rate, tail = find_tables(text)
+    assert (rate.name, series(rate)[2], tail.name, series(tail)[2]) == ("rate", [[9.0]], "tail", [[3.0]])
+    assert find_tables(text.replace("-->\n<!--", "-->\nProse.\n<!--"))[0].name == "tail"  # prose breaks the stack
+
+
 def test_marker_must_sit_right_above_its_table() -> None:
     text = "<!-- plot: lost -->\nSome prose.\n\n| a | b |\n|---|---|\n| x | 1 |\n"
     assert find_tables(text) == []

@@ -1,6 +1,7 @@
 """Bar charts of the benchmark tables in docs/benchmarks.md: numbers people compare at a glance get a picture.
 
-A Markdown table is drawn when the nearest non-blank line above it is an HTML comment naming the plot:
+A Markdown table is drawn when the nearest non-blank line above it is an HTML comment naming the plot (several
+such comments stacked above one table draw it once each):
 
     <!-- plot: accuracy columns=linear,full ylabel="test accuracy (%)" ylim=50,95 -->
     | task | linear | full |
@@ -75,28 +76,28 @@ def _parse_marker(body: str, where: str) -> tuple[str, dict[str, str]]:
 
 
 def find_tables(text: str) -> list[MarkedTable]:
-    """Every table whose nearest non-blank line above is a plot marker, in document order."""
+    """Every table whose nearest non-blank line above is a plot marker, in document order; markers stacked right
+    above one table each draw it (e.g. throughput and latency of the same rows)."""
     lines = text.splitlines()
     found = []
-    pending: tuple[str, dict[str, str]] | None = None
+    pending: list[tuple[str, dict[str, str]]] = []
     i = 0
     while i < len(lines):
         line = lines[i]
         marker = _MARKER.match(line)
         if marker:
-            pending = _parse_marker(marker["body"], f"line {i + 1}")
+            pending.append(_parse_marker(marker["body"], f"line {i + 1}"))
         elif line.lstrip().startswith("|"):
             block = []
             while i < len(lines) and lines[i].lstrip().startswith("|"):
                 block.append(_cells(lines[i]))
                 i += 1
-            if pending is not None and len(block) >= 3 and _is_rule(block[1]):
-                name, options = pending
-                found.append(MarkedTable(name, block[0], block[2:], options))
-            pending = None
+            if len(block) >= 3 and _is_rule(block[1]):
+                found += [MarkedTable(name, block[0], block[2:], options) for name, options in pending]
+            pending = []
             continue
         elif line.strip():
-            pending = None  # a marker belongs to the table right below it, not to one further down
+            pending = []  # a marker belongs to the table right below it, not to one further down
         i += 1
     return found
 
