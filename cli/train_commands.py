@@ -48,6 +48,19 @@ class ProgressReporter:
         self.progress.stop()
 
 
+class SuiteProgress(ProgressReporter):
+    """A progress bar per group of tasks trained together; each task's evaluations and commit by name."""
+
+    def group(self, names: list[str]) -> None:
+        self.progress.console.print(f"[bold]training together:[/bold] {', '.join(names)}")
+
+    def task_evaluated(self, name: str, epoch: int, accuracy: float) -> None:
+        self.progress.console.print(f"{name} epoch {epoch}: eval accuracy {accuracy:.4f}")
+
+    def committed(self, name: str, accuracy: float) -> None:
+        self.progress.console.print(f"{name}: committed (accuracy {accuracy:.4f})")
+
+
 def _relaunch(num_gpus: int | None, hostfile: Path | None) -> None:
     """Run this same command under the deepspeed launcher, one process per GPU (and host)."""
     args, skip = [], False
@@ -70,16 +83,24 @@ def _relaunch(num_gpus: int | None, hostfile: Path | None) -> None:
 
 
 def train(
-    task: str = typer.Option(..., "--task", help="Task name in the bank."),
-    method: str = typer.Option(..., "--method", help="See `adapterbank methods`."),
-    data: Path = typer.Option(..., "--data", help="Dataset folder (VTAB-1k lists, FGVC json, ImageFolder, CSV)."),
+    task: str | None = typer.Option(None, "--task", help="Task name in the bank (required without --suite)."),
+    method: str | None = typer.Option(None, "--method", help="See `adapterbank methods` (required without --suite)."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Dataset folder: VTAB-1k lists, FGVC json, ImageFolder, CSV (required without --suite)."
+    ),
+    suite: Path | None = typer.Option(
+        None,
+        "--suite",
+        help="YAML listing many tasks to train in one job (docs/training.md#suites); the other "
+        "flags apply to every task.",
+    ),
     backbone: str | None = typer.Option(None, help="timm name (default: the bank's, or ViT-B/16 IN-21k)."),
     checkpoint: str | None = typer.Option(
         None,
         help="Backbone weights file or Hugging Face folder, 'packaged' (`adapterbank backbones --packaged`) or 'none' "
         "(random init); default: timm's.",
     ),
-    bank: Path = typer.Option(Path("bank"), "--bank", help="Bank folder."),
+    bank: Path | None = typer.Option(None, "--bank", help="Bank folder (default: bank)."),
     epochs: int | None = typer.Option(None),
     batch_size: int | None = typer.Option(None, "--batch-size"),
     lr: float | None = typer.Option(None),
@@ -102,21 +123,27 @@ def train(
     hostfile: Path | None = typer.Option(None, "--hostfile", help="deepspeed hostfile for multi-node runs."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this task."),
 ) -> None:
-    """Train a task with DeepSpeed and commit it to the bank."""
+    """Train a task (or a suite of tasks) with DeepSpeed and commit it to the bank."""
+    from adapterbank.errors import AdapterBankError
     from adapterbank.methods import get_method
     from adapterbank.training.settings import resolve
     from adapterbank.training.trainer import train as run
 
-    get_method(method)
+    single = {"--task": task, "--method": method, "--data": data}
+    if suite is not None and any(v is not None for v in single.values()):
+        given = next(k for k, v in single.items() if v is not None)
+        raise AdapterBankError(f"--suite lists its tasks: drop {given} (or drop --suite)")
+    if suite is None and any(v is None for v in single.values()):
+        missing = next(k for k, v in single.items() if v is None)
+        raise AdapterBankError(f"{missing} is required (or --suite FILE for many tasks)")
+    if method is not None:
+        get_method(method)
     if (num_gpus or hostfile) and "LOCAL_RANK" not in os.environ:
         _relaunch(num_gpus, hostfile)
     flags = dict(
-        task=task,
-        method=method,
-        data=str(data),
         backbone=backbone,
         checkpoint=checkpoint,
-        bank=str(bank),
+        bank=None if bank is None else str(bank),
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -133,27 +160,50 @@ def train(
         resume=resume,
     )
     flag_options = {k: v for k, v in (("rank", rank), ("sparsity", sparsity)) if v is not None}
-    settings = resolve(flags, {**parse_options(option), **flag_options})  # --rank/--sparsity win over -o
+    options = {**parse_options(option), **flag_options}  # --rank/--sparsity win over -o
     main = os.environ.get("RANK", "0") == "0"
+    if suite is not None:
+        _train_suite(suite, flags, options, main)
+        return
+    settings = resolve({**flags, "task": task, "method": method, "data": str(data)}, options)
     reporter = ProgressReporter() if main else None
     try:
         result = run(settings, reporter)
     finally:
         if reporter is not None:
             reporter.stop()
-    if not main:
-        return
+    if main:
+        _print_results([(result, settings.method)])
+
+
+def _train_suite(path: Path, flags: dict, options: dict, main: bool) -> None:
+    from adapterbank.training.suite import train_suite
+    from adapterbank.training.suite_file import load_suite
+
+    suite = load_suite(path, flags, options)
+    reporter = SuiteProgress() if main else None
+    try:
+        results = train_suite(suite, reporter)
+    finally:
+        if reporter is not None:
+            reporter.stop()
+    if main:
+        _print_results([(r, s.method) for r, s in zip(results, suite.tasks, strict=True)])
+
+
+def _print_results(results: list) -> None:
     table = Table("task", "method", "split", "accuracy", "n", "steps", "time", "resumed from")
-    table.add_row(
-        result.task,
-        method,
-        result.split,
-        f"{result.accuracy:.4f}",
-        str(result.n),
-        str(result.steps),
-        f"{result.seconds:.0f}s",
-        str(result.resumed_from) if result.resumed_from else "-",
-    )
+    for result, method in results:
+        table.add_row(
+            result.task,
+            method,
+            result.split,
+            f"{result.accuracy:.4f}",
+            str(result.n),
+            str(result.steps),
+            f"{result.seconds:.0f}s",
+            str(result.resumed_from) if result.resumed_from else "-",
+        )
     console.print(table)
 
 

@@ -172,14 +172,14 @@ def test_epoch_schedule_is_timms_cosine_stepped_per_epoch() -> None:
     import torch
     from timm.scheduler import CosineLRScheduler
 
-    from adapterbank.training.schedule import epoch_cosine
+    from adapterbank.training.schedule import epoch_cosine_factor
 
     def optimizer() -> torch.optim.Optimizer:
         return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
 
     reference = CosineLRScheduler(optimizer(), t_initial=20, lr_min=1e-5, warmup_t=3, warmup_lr_init=1e-6)
     ours_optimizer, per_epoch = optimizer(), 4
-    ours = epoch_cosine(ours_optimizer, per_epoch, 20, 3, 1e-3, 1e-5, 1e-6)
+    ours = torch.optim.lr_scheduler.LambdaLR(ours_optimizer, epoch_cosine_factor(per_epoch, 20, 3, 1e-3, 1e-5, 1e-6))
     for epoch in range(25):  # 20 epochs + 5 cool-down
         expected = reference._get_lr(epoch)[0]
         for _ in range(per_epoch):
@@ -194,7 +194,7 @@ def test_head_lr_gives_the_head_its_own_groups_on_the_same_schedule() -> None:
     import torch
 
     from adapterbank import AdapterBankError, TunedModel, create_backbone
-    from adapterbank.training.schedule import warmup_cosine
+    from adapterbank.training.schedule import warmup_cosine_factor
 
     model = TunedModel(create_backbone("test_vit"), "test_vit", "ssf", [5])
     trainable = {id(p) for _, p in model.trainable_parameters()}
@@ -207,7 +207,8 @@ def test_head_lr_gives_the_head_its_own_groups_on_the_same_schedule() -> None:
     # SSF's own tensors are vectors (no decay); the head's weight decays, its bias does not
     assert [(g.get("lr"), g["weight_decay"]) for g in split] == [(None, 0.0), (0.02, 0.1), (0.02, 0.0)]
     optimizer = torch.optim.AdamW(split, lr=1e-3)
-    schedule = warmup_cosine(optimizer, cosine_end=10, warmup_steps=2, lr=1e-3, min_lr=1e-6, warmup_lr=1e-6)
+    factor = warmup_cosine_factor(cosine_end=10, warmup_steps=2, lr=1e-3, min_lr=1e-6, warmup_lr=1e-6)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     for _ in range(6):
         optimizer.step()
         schedule.step()
@@ -215,3 +216,32 @@ def test_head_lr_gives_the_head_its_own_groups_on_the_same_schedule() -> None:
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(AdapterBankError, match="--head-lr must be a positive number"):
             resolve({"task": "t", "method": "ssf", "data": ".", "head_lr": bad}, {}).validate()
+
+
+def test_the_deepspeed_engine_steps_as_plain_adamw_without_clipping() -> None:
+    """The released trainers never clip gradients; DeepSpeed clips to norm 1.0 unless told. A step on a loss whose
+    gradient norm is far above 1 moves the weights exactly as torch's AdamW does with the raw gradient."""
+    import torch
+
+    from adapterbank import TunedModel, create_backbone
+    from adapterbank.process import training_process
+    from adapterbank.training.trainer import deepspeed_engine
+
+    torch.manual_seed(0)
+    model = TunedModel(create_backbone("test_vit"), "test_vit", "ssf", [5])
+    reference = {n: p.detach().clone() for n, p in model.trainable_parameters()}
+    images = torch.randn(4, 3, *model.model.pretrained_cfg["input_size"][1:])
+    with training_process():
+        optimizer = torch.optim.AdamW(model.param_groups(0.0), lr=1e-3)
+        engine = deepspeed_engine(model, optimizer, None, 4)
+        loss = 1000.0 * engine(images).pow(2).mean()
+        engine.backward(loss)
+        grads = {n: p.grad.detach().clone() for n, p in model.trainable_parameters()}
+        assert torch.cat([g.flatten() for g in grads.values()]).norm() > 10.0
+        engine.step()
+    params = {n: torch.nn.Parameter(v) for n, v in reference.items()}
+    for n, p in params.items():
+        p.grad = grads[n]
+    torch.optim.AdamW(params.values(), lr=1e-3, weight_decay=0.0).step()
+    for n, p in model.trainable_parameters():
+        assert torch.allclose(p, params[n], atol=1e-7), n

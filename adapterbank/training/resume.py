@@ -82,6 +82,9 @@ class RunFolder:
             if old.name not in (name, "latest"):
                 shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
 
+    def has_point(self) -> bool:
+        return regular_file(self.folder / "latest")
+
     def load(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """The newest resume point, or None when there is none. Nothing in it is executed: a malformed file is a
         one-line error."""

@@ -9,18 +9,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
-import torch
+Factor = Callable[[int], float]  # step -> multiplier of the base lr
 
 
-def warmup_cosine(
-    optimizer: torch.optim.Optimizer,
-    cosine_end: int,
-    warmup_steps: int,
-    lr: float,
-    min_lr: float,
-    warmup_lr: float,
-) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine_factor(cosine_end: int, warmup_steps: int, lr: float, min_lr: float, warmup_lr: float) -> Factor:
     """Per-step multiplier of the base lr: warmup_lr -> lr over warmup_steps, cosine lr -> min_lr until step
     `cosine_end`, min_lr after it (timm's cool-down epochs)."""
 
@@ -30,18 +24,12 @@ def warmup_cosine(
         progress = (step - warmup_steps) / max(1, cosine_end - warmup_steps)
         return (min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))) / lr
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
 
 
-def epoch_cosine(
-    optimizer: torch.optim.Optimizer,
-    steps_per_epoch: int,
-    epochs: int,
-    warmup_epochs: float,
-    lr: float,
-    min_lr: float,
-    warmup_lr: float,
-) -> torch.optim.lr_scheduler.LambdaLR:
+def epoch_cosine_factor(
+    steps_per_epoch: int, epochs: int, warmup_epochs: float, lr: float, min_lr: float, warmup_lr: float
+) -> Factor:
     """timm's per-epoch cosine as a per-step multiplier (DeepSpeed steps the scheduler after every step)."""
 
     def factor(step: int) -> float:
@@ -54,4 +42,21 @@ def epoch_cosine(
             value = min_lr
         return value / lr
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
+
+
+def lr_factor(
+    schedule: str,
+    per_epoch: int,
+    epochs: int,
+    warmup_epochs: float,
+    lr: float,
+    min_lr: float,
+    warmup_lr: float,
+) -> Factor:
+    """A run's schedule ('step' or 'epoch') as a multiplier of its base lrs, by step."""
+    if schedule == "epoch":
+        return epoch_cosine_factor(per_epoch, epochs, warmup_epochs, lr, min_lr, warmup_lr)
+    cosine_end = per_epoch * epochs
+    warmup = min(int(warmup_epochs * per_epoch), cosine_end // 2)
+    return warmup_cosine_factor(cosine_end, warmup, lr, min_lr, warmup_lr)

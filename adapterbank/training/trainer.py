@@ -29,7 +29,7 @@ from adapterbank.training.ema import TaskEma
 from adapterbank.training.objective import Objective
 from adapterbank.training.random_state import rng_state, set_rng_state
 from adapterbank.training.resume import RunFolder, load_optimizer_state, optimizer_state
-from adapterbank.training.schedule import epoch_cosine, warmup_cosine
+from adapterbank.training.schedule import Factor, lr_factor
 from adapterbank.training.settings import TrainSettings
 from adapterbank.training.task_data import task_datasets
 from adapterbank.tuned import TunedModel
@@ -95,13 +95,21 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
     is a DeepSpeed job for this call only (`adapterbank.process.training_process`)."""
     choice = choose_backbone(settings)  # before DeepSpeed starts: a wrong backbone or weights file fails at once
     with training_process() as info:
-        run = _set_up(settings, choice, info, reporter or SilentReporter())
-        with run.runs.locked() if info.is_main else contextlib.nullcontext():  # one training per task at a time
-            state = (_resume(run) if settings.resume else None) or _fresh_state()
-            result = _train_epochs(run, state)
-            if info.is_main:
-                _commit(run, state, result)
-        barrier()
+        return train_in_process(settings, choice, info, reporter)
+
+
+def train_in_process(
+    settings: TrainSettings, choice: BackboneChoice, info: ProcessInfo, reporter: Reporter | None = None
+) -> TrainResult:
+    """`train` inside a training process that is already set up (a suite trains its tasks one after another in
+    one)."""
+    run = _set_up(settings, choice, info, reporter or SilentReporter())
+    with run.runs.locked() if info.is_main else contextlib.nullcontext():  # one training per task at a time
+        state = (_resume(run) if settings.resume else None) or _fresh_state()
+        result = _train_epochs(run, state)
+        if info.is_main:
+            _commit(run, state, result)
+    barrier()
     return result
 
 
@@ -129,7 +137,7 @@ def _set_up(settings: TrainSettings, choice: BackboneChoice, info: ProcessInfo, 
     scheduler = _scheduler(optimizer, settings, per_epoch)
     ema = TaskEma([p for _, p in model.trainable_parameters()], settings.ema_decay) if settings.ema_decay else None
     device = device_for(info)
-    engine = _engine(model.to(device), optimizer, scheduler, settings.batch_size)
+    engine = deepspeed_engine(model.to(device), optimizer, scheduler, settings.batch_size)
     planned = per_epoch * settings.epochs + int(settings.cooldown_epochs * per_epoch)
     return Run(
         settings=settings,
@@ -157,21 +165,26 @@ def _scheduler(
     optimizer: torch.optim.Optimizer, settings: TrainSettings, per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """Warm-up then cosine over the planned epochs, stepped per step or (as the released trainers) per epoch."""
-    lrs = (settings.lr, settings.min_lr, settings.warmup_lr)
-    if settings.schedule == "epoch":
-        return epoch_cosine(optimizer, per_epoch, settings.epochs, settings.warmup_epochs, *lrs)
-    cosine_end = per_epoch * settings.epochs
-    warmup = min(int(settings.warmup_epochs * per_epoch), cosine_end // 2)
-    return warmup_cosine(optimizer, cosine_end, warmup, *lrs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, settings_lr_factor(settings, per_epoch))
 
 
-def _engine(
+def settings_lr_factor(settings: TrainSettings, per_epoch: int) -> Factor:
+    """The run's lr multiplier by step: warm-up then cosine, per step or (as the released trainers) per epoch."""
+    return lr_factor(
+        settings.schedule, per_epoch, settings.epochs, settings.warmup_epochs, settings.lr, settings.min_lr,
+        settings.warmup_lr,
+    )  # fmt: skip
+
+
+def deepspeed_engine(
     model: TunedModel,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     batch_size: int,
 ) -> Any:
-    """The DeepSpeed engine that steps the model: plain data parallelism (ZeRO stage 0), no logging of its own."""
+    """The DeepSpeed engine that steps the model: plain data parallelism (ZeRO stage 0), no logging of its own, and
+    no gradient clipping: DeepSpeed clips to norm 1.0 unless told, the released trainers never clip, and in a suite a
+    global norm would tie every task's step to the others' gradients."""
     import deepspeed  # imported by training_process, after DS_ACCELERATOR was set
 
     config = {
@@ -179,6 +192,7 @@ def _engine(
         "gradient_accumulation_steps": 1,
         "steps_per_print": 10**9,
         "zero_optimization": {"stage": 0},
+        "gradient_clipping": 0.0,
         "wall_clock_breakdown": False,
     }
     engine, _, _, _ = deepspeed.initialize(

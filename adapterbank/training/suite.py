@@ -1,0 +1,516 @@
+"""Many tasks in one DeepSpeed job (`adapterbank train --suite`): tasks that can share a model train together.
+
+Tasks whose method, method options, image size, drop-path rate and EMA agree form a group: one model holds them
+all in its task slots, and every step's batch mixes their samples (the mixed-task forward). Each task keeps what
+a run of its own has: its data order and augmentation (its seed), its slot's initial values (drawn as its own run
+draws them), its loss (the mean over its own samples, so its gradient is the one its own run computes), its
+learning rates, weight decay and schedule (SlotAdamW), its evaluations, and its commit to the bank as soon as it
+finishes. Sampling decides each step's mix:
+
+- round-robin (default): every step takes each unfinished task's own batch (`batch_size` of its settings); a
+  task makes exactly the steps its own run makes, and finishes when those are done.
+- proportional: every step takes the group's summed batch, shared in proportion to the tasks' training-set sizes,
+  so the tasks go through their epochs side by side and the batch stays full until the end; a task's batch then
+  differs from its own run's (recorded with it).
+
+A group of one task, and every task whose method owns its backbone (full), trains as `adapterbank train` would,
+in the same process. A resume point holds a whole group; on --resume, tasks the bank already holds with the same
+settings are not trained again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from adapterbank.backbones import adapt_input_size
+from adapterbank.bank.paths import regular_file
+from adapterbank.bank.store import Bank
+from adapterbank.bank.torch_bridge import commit, task_record
+from adapterbank.data import open_dataset
+from adapterbank.data.images import ImageDataset, loader_batches
+from adapterbank.data.layouts import Dataset
+from adapterbank.errors import AdapterBankError
+from adapterbank.evaluation import eval_loader, evaluate
+from adapterbank.methods import get_method, make_config
+from adapterbank.process import training_process
+from adapterbank.training.backbone import BackboneChoice, choose_backbone, open_or_create_bank
+from adapterbank.training.batches import epoch_batches, steps_per_epoch
+from adapterbank.training.devices import autocast, device_for
+from adapterbank.training.distributed import ProcessInfo, barrier
+from adapterbank.training.ema import TaskEma
+from adapterbank.training.objective import Objective
+from adapterbank.training.random_state import rng_state, set_rng_state
+from adapterbank.training.resume import RunFolder, load_optimizer_state, optimizer_state
+from adapterbank.training.schedule import Factor
+from adapterbank.training.settings import TrainSettings
+from adapterbank.training.slot_optimizer import SlotAdamW
+from adapterbank.training.suite_file import Suite
+from adapterbank.training.task_data import task_datasets
+from adapterbank.training.trainer import (
+    Reporter,
+    TrainResult,
+    averaged,
+    deepspeed_engine,
+    settings_lr_factor,
+    train_in_process,
+)
+from adapterbank.tuned import TunedModel
+
+
+class SuiteReporter(Reporter, Protocol):
+    """Progress of a suite: which tasks a group holds, each task's evaluations and commit."""
+
+    def group(self, names: Sequence[str]) -> None: ...
+    def task_evaluated(self, name: str, epoch: int, accuracy: float) -> None: ...
+    def committed(self, name: str, accuracy: float) -> None: ...
+
+
+class SilentSuiteReporter:
+    def group(self, names: Sequence[str]) -> None:
+        pass
+
+    def start(self, total_steps: int, done: int) -> None:
+        pass
+
+    def step(self, done: int, loss: float, accuracy: float, images_per_second: float) -> None:
+        pass
+
+    def evaluated(self, epoch: int, accuracy: float) -> None:
+        pass
+
+    def task_evaluated(self, name: str, epoch: int, accuracy: float) -> None:
+        pass
+
+    def committed(self, name: str, accuracy: float) -> None:
+        pass
+
+
+def share_key(settings: TrainSettings) -> str | None:
+    """Tasks with equal keys can train in one model; None: the task trains alone (its method owns a backbone)."""
+    method = get_method(settings.method)
+    if not method.supports_mixed_tasks or method.trains_backbone:
+        return None
+    config = make_config(method, settings.options).to_dict()
+    model_settings = (settings.image_size, settings.drop_path_rate, settings.ema_decay)
+    return json.dumps([settings.method, config, model_settings], sort_keys=True)
+
+
+def plan_groups(tasks: Sequence[TrainSettings]) -> list[list[TrainSettings]]:
+    """Tasks grouped by share_key, groups in the order their first task is listed."""
+    groups: dict[str, list[TrainSettings]] = {}
+    for index, settings in enumerate(tasks):
+        key = share_key(settings)
+        groups.setdefault(key if key is not None else f"alone-{index}", []).append(settings)
+    return list(groups.values())
+
+
+def committed_with(settings: TrainSettings) -> bool:
+    """Whether the bank holds this task trained with these settings (a finished task of an earlier suite run)."""
+    if not regular_file(Path(settings.bank) / "bank.h5"):
+        return False
+    bank = Bank(settings.bank)
+    if settings.task not in bank.tasks():
+        return False
+    training = bank.load(settings.task, with_tensors=False).training
+    wanted = json.loads(json.dumps(settings.resume_key()))
+    return {k: training.get(k) for k in wanted} == wanted
+
+
+def run_name(group: Sequence[TrainSettings]) -> str:
+    """The run folder of a group's resume points, by its tasks (a group of one: the task's own, as `train`)."""
+    if len(group) == 1:
+        return group[0].task
+    names = "\n".join(s.task for s in group)
+    return f"suite-{hashlib.sha256(names.encode()).hexdigest()[:16]}"
+
+
+def _to_train(group: list[TrainSettings]) -> list[TrainSettings]:
+    """On --resume: the whole group when it left a resume point, else the tasks the bank does not hold yet."""
+    first = group[0]
+    if not first.resume:
+        return group
+    if regular_file(Path(first.bank) / "bank.h5") and RunFolder(Path(first.bank), run_name(group)).has_point():
+        return group
+    return [s for s in group if not committed_with(s)]
+
+
+def train_suite(suite: Suite, reporter: SuiteReporter | None = None) -> list[TrainResult]:
+    """Train every task of the suite in this process; one result per task, in the suite's order."""
+    reporter = reporter or SilentSuiteReporter()
+    for settings in suite.tasks:
+        choose_backbone(settings)  # every name, size and weights file checked before any training starts
+    results: dict[str, TrainResult] = {}
+    with training_process() as info:
+        for group in plan_groups(suite.tasks):
+            todo = _to_train(group)
+            results.update({s.task: _banked_result(s) for s in group if s not in todo})
+            if not todo:
+                continue
+            choice = choose_backbone(todo[0])  # again: an earlier group may have created the bank
+            reporter.group([s.task for s in todo])
+            if len(todo) == 1:
+                results[todo[0].task] = train_in_process(todo[0], choice, info, reporter)
+                reporter.committed(todo[0].task, results[todo[0].task].accuracy)
+            else:
+                results.update(_train_group(todo, suite.sampling, choice, info, reporter))
+    return [results[s.task] for s in suite.tasks]
+
+
+def _banked_result(settings: TrainSettings) -> TrainResult:
+    record = Bank(settings.bank).load(settings.task, with_tensors=False)
+    training = record.training
+    return TrainResult(
+        settings.task,
+        record.metrics["accuracy"],
+        record.metrics["n"],
+        record.metrics["split"],
+        training.get("steps", 0),
+        training.get("seconds", 0.0),
+        training.get("steps", 0),
+        training.get("evaluations", []),
+    )
+
+
+@dataclass
+class GroupTask:
+    """One task of a group: its data, objective, schedule and position."""
+
+    settings: TrainSettings  # batch_size is the task's share of each step
+    slot: int
+    dataset: Dataset
+    train_set: ImageDataset
+    eval_loader: torch.utils.data.DataLoader
+    resolved: dict[str, Any]
+    objective: Objective
+    factor: Factor
+    per_epoch: int
+    total: int
+    state: dict[str, Any] = field(default_factory=dict)
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def active(self) -> bool:
+        return not self.state["done"]
+
+
+@dataclass
+class Group:
+    """The parts one group's steps share."""
+
+    tasks: list[GroupTask]
+    sampling: str
+    info: ProcessInfo
+    reporter: SuiteReporter
+    bank: Bank
+    model: TunedModel
+    engine: Any
+    optimizer: SlotAdamW
+    ema: TaskEma | None
+    device: torch.device
+    runs: RunFolder
+    rates: list[tuple[torch.nn.Parameter, bool, bool]]  # (parameter, is the head's, decays)
+    checkpoint_every: int
+    started: float
+    step: int = 0
+
+    def resume_key(self) -> dict[str, Any]:
+        key = {"sampling": self.sampling, "tasks": [t.settings.resume_key() for t in self.tasks]}
+        return json.loads(json.dumps(key))
+
+
+def _train_group(
+    settings: list[TrainSettings], sampling: str, choice: BackboneChoice, info: ProcessInfo, reporter: SuiteReporter
+) -> dict[str, TrainResult]:
+    group = _set_up(settings, sampling, choice, info, reporter)
+    with group.runs.locked() if info.is_main else contextlib.nullcontext():
+        if settings[0].resume:
+            _resume(group)
+        reporter.start(max(t.total for t in group.tasks), group.step)
+        group.engine.train()
+        while any(t.active for t in group.tasks):
+            _step(group)
+        if info.is_main:
+            group.runs.clear()
+    barrier()
+    return {t.settings.task: _result(group, t) for t in group.tasks}
+
+
+def _set_up(
+    settings: list[TrainSettings], sampling: str, choice: BackboneChoice, info: ProcessInfo, reporter: SuiteReporter
+) -> Group:
+    first = settings[0]
+    random.seed(first.seed)
+    np.random.seed(first.seed % 2**32)
+    bank, backbone = open_or_create_bank(first, choice, info)
+    parts = []
+    for s in settings:
+        dataset = open_dataset(s.data)
+        train_set, eval_set, resolved = task_datasets(dataset, s, bank)
+        parts.append((s, dataset, train_set, eval_set, resolved))
+    batch_sizes = _batch_sizes(sampling, [s.batch_size for s in settings], [len(p[2]) for p in parts])
+    adapt_input_size(backbone, parts[0][4]["image_size"])
+    model = _group_model(bank, backbone, settings, [len(p[1].class_names) for p in parts])
+    tasks = []
+    for slot, ((s, dataset, train_set, eval_set, resolved), batch) in enumerate(zip(parts, batch_sizes, strict=True)):
+        s = replace(s, batch_size=batch)
+        per_epoch = steps_per_epoch(len(train_set), batch, info.world_size)
+        planned = per_epoch * s.epochs + int(s.cooldown_epochs * per_epoch)
+        tasks.append(
+            GroupTask(
+                settings=s,
+                slot=slot,
+                dataset=dataset,
+                train_set=train_set,
+                eval_loader=eval_loader(eval_set, s.batch_size, s.num_workers),
+                resolved=resolved,
+                objective=Objective(len(dataset.class_names), s.label_smoothing, s.mixup, s.cutmix),
+                factor=settings_lr_factor(s, per_epoch),
+                per_epoch=per_epoch,
+                total=min(s.max_steps or planned, planned),
+                state={"step": 0, "epoch": 0, "batch": 0, "evaluations": [], "done": False, "seconds": 0.0},
+            )
+        )
+    trainable = model.trainable_parameters()
+    optimizer = SlotAdamW([p for _, p in trainable], len(tasks))
+    ema = TaskEma([p for _, p in trainable], first.ema_decay) if first.ema_decay else None
+    device = device_for(info)
+    engine = deepspeed_engine(model.to(device), optimizer, None, sum(batch_sizes))
+    head = f"{model.head_path}."
+    rates = [(p, name.startswith(head), p.ndim - 1 >= 2) for name, p in trainable]
+    every = [s.checkpoint_every for s in settings if s.checkpoint_every]
+    return Group(
+        tasks=tasks,
+        sampling=sampling,
+        info=info,
+        reporter=reporter,
+        bank=bank,
+        model=model,
+        engine=engine,
+        optimizer=optimizer,
+        ema=ema,
+        device=device,
+        runs=RunFolder(bank.path, run_name(settings)),
+        rates=rates,
+        checkpoint_every=min(every, default=0),
+        started=time.perf_counter(),
+    )
+
+
+def _batch_sizes(sampling: str, batch_sizes: list[int], sizes: list[int]) -> list[int]:
+    """Each task's share of a step: its own batch (round-robin), or the summed batch shared in proportion to the
+    training-set sizes (proportional; at least one sample each)."""
+    if sampling == "round-robin":
+        return batch_sizes
+    total, samples = sum(batch_sizes), sum(sizes)
+    return [max(1, round(total * n / samples)) for n in sizes]
+
+
+def _group_model(
+    bank: Bank, backbone: torch.nn.Module, settings: list[TrainSettings], classes: list[int]
+) -> TunedModel:
+    """The group's model, each slot starting where the task's own run would start (its seed, its own draw)."""
+    first = settings[0]
+    arch, fingerprint = bank.identity.arch, bank.identity.fingerprint
+    initial = []
+    for s, count in zip(settings, classes, strict=True):
+        torch.manual_seed(s.seed)
+        alone = TunedModel(copy.deepcopy(backbone), arch, s.method, [count], s.options, fingerprint)
+        initial.append(alone.state(0))
+    model = TunedModel(backbone, arch, first.method, classes, first.options, fingerprint)
+    for slot, tensors in enumerate(initial):
+        model.load_state(tensors, slot)
+    torch.manual_seed(first.seed)
+    return model
+
+
+def _set_rates(group: Group) -> None:
+    """Every slot's lr for this step from its task's schedule at its own step; finished tasks at 0."""
+    for p, is_head, decays in group.rates:
+        lrs, decay = [], []
+        for task in group.tasks:
+            s = task.settings
+            base = (s.head_lr or s.lr) if is_head else s.lr
+            lrs.append(base * task.factor(task.state["step"]) if task.active else 0.0)
+            decay.append(s.weight_decay if decays and task.active else 0.0)
+        group.optimizer.set_rates(p, torch.tensor(lrs, dtype=torch.float64), torch.tensor(decay, dtype=torch.float64))
+
+
+def _next_batch(group: Group, task: GroupTask) -> tuple[torch.Tensor, torch.Tensor]:
+    if task.batches is None:
+        task.batches = iter(loader_batches(_train_loader(group, task)))
+    return next(task.batches)
+
+
+def _train_loader(group: Group, task: GroupTask) -> torch.utils.data.DataLoader:
+    """The task's batches of its current epoch from its position on, as its own run draws them."""
+    s, state, info = task.settings, task.state, group.info
+    batches = epoch_batches(len(task.train_set), s.batch_size, state["epoch"], s.seed, info.rank,
+                            info.world_size)[state["batch"] :]  # fmt: skip
+    task.train_set.epoch = state["epoch"]
+    generator = torch.Generator().manual_seed(s.seed * 1_000_003 + state["epoch"])
+    return torch.utils.data.DataLoader(
+        task.train_set, batch_sampler=batches, num_workers=s.num_workers, generator=generator
+    )
+
+
+def _step(group: Group) -> None:
+    """One optimizer step on a batch mixing every unfinished task's samples; then each task's bookkeeping."""
+    tick = time.perf_counter()
+    active = [t for t in group.tasks if t.active]
+    _set_rates(group)
+    inputs, targets, labels, slots = [], [], [], []
+    for task in active:
+        images, task_labels = _next_batch(group, task)
+        mixed, task_targets = task.objective.prepare(images.to(group.device), task_labels.to(group.device))
+        inputs.append(mixed)
+        targets.append(task_targets)
+        labels.append(task_labels)
+        slots.append(torch.full((len(images),), task.slot, dtype=torch.long))
+    with autocast(group.device):
+        logits = group.engine(torch.cat(inputs), torch.cat(slots).to(group.device))
+    loss, correct, start = 0.0, 0, 0
+    for task, task_targets, task_labels in zip(active, targets, labels, strict=True):
+        rows = logits[start : start + len(task_labels), : group.model.num_classes[task.slot]]
+        start += len(task_labels)
+        loss = loss + task.objective.loss(rows, task_targets)  # each task's mean: its own run's gradient
+        correct += int((rows.argmax(-1).cpu() == task_labels).sum())
+    group.engine.backward(loss)
+    group.engine.step()
+    group.step += 1
+    if group.ema is not None:
+        group.ema.update(group.step)
+    count = sum(len(x) for x in labels)
+    rate = count * group.info.world_size / max(time.perf_counter() - tick, 1e-9)
+    group.reporter.step(group.step, loss.item() / len(active), correct / count, rate)
+    ended = False
+    for task in active:
+        task.state["step"] += 1
+        task.state["batch"] += 1
+        if task.state["step"] >= task.total or task.state["batch"] >= task.per_epoch:
+            _end_epoch(group, task)
+            ended = True
+    if any(t.active for t in group.tasks) and (
+        ended or (group.checkpoint_every and group.step % group.checkpoint_every == 0)
+    ):
+        _save(group)
+
+
+def _end_epoch(group: Group, task: GroupTask) -> None:
+    """The task's next epoch; its evaluation when due; at its last step, its commit."""
+    state = task.state
+    state["epoch"] += 1
+    state["batch"] = 0
+    task.batches = None
+    last = state["step"] >= task.total
+    if group.info.is_main and (last or state["epoch"] % task.settings.eval_every == 0):
+        with averaged(group.ema):
+            accuracy, _ = evaluate(group.model, task.eval_loader, group.device, task.slot)
+        state["evaluations"].append({"epoch": state["epoch"], "step": state["step"], "accuracy": accuracy})
+        group.reporter.task_evaluated(task.settings.task, state["epoch"], accuracy)
+    if last:
+        state["seconds"] = time.perf_counter() - group.started
+        if group.info.is_main:
+            _commit(group, task)
+        state["done"] = True
+
+
+def _commit(group: Group, task: GroupTask) -> None:
+    """The task into the bank as soon as it finishes (its last evaluation is at its last step)."""
+    state = task.state
+    with averaged(group.ema):
+        accuracy, n = state["evaluations"][-1]["accuracy"], len(task.eval_loader.dataset)
+        best = max(e["accuracy"] for e in state["evaluations"])
+        metrics = {"accuracy": accuracy, "split": task.resolved["eval_split"], "n": n, "best_accuracy": best}
+        training = {
+            **asdict(task.settings),
+            **task.resolved,
+            "steps": state["step"],
+            "seconds": round(state["seconds"], 2),
+            "world_size": group.info.world_size,
+            "layout": task.dataset.layout,
+            "evaluations": state["evaluations"],
+            "suite": {"sampling": group.sampling, "group": [t.settings.task for t in group.tasks]},
+        }
+        record = task_record(
+            group.model, task.settings.task, task.dataset.class_names, task.slot, metrics=metrics, training=training
+        )
+        commit(group.bank, record)
+    group.reporter.committed(task.settings.task, accuracy)
+
+
+def _result(group: Group, task: GroupTask) -> TrainResult:
+    state = task.state
+    accuracy = state["evaluations"][-1]["accuracy"] if state["evaluations"] else 0.0
+    return TrainResult(
+        task.settings.task,
+        accuracy,
+        len(task.eval_loader.dataset),
+        task.resolved["eval_split"],
+        state["step"],
+        state["seconds"],
+        state.get("resumed_from", 0),
+        state["evaluations"],
+    )
+
+
+def _save(group: Group) -> None:
+    """A resume point of the whole group (rank 0): its tensors, optimizer, EMA, RNGs and every task's position."""
+    if not group.info.is_main:
+        return
+    tensors = {f"model/{name}": p for name, p in group.model.trainable_parameters()}
+    optimizer_tensors, optimizer_json = optimizer_state(group.optimizer)
+    rng_tensors, rng_json = rng_state()
+    tensors.update({**optimizer_tensors, **rng_tensors})
+    if group.ema is not None:
+        tensors.update({f"ema/{i}": t for i, t in enumerate(group.ema.state())})
+    payload = {
+        "step": group.step,
+        "tasks": {t.settings.task: t.state for t in group.tasks},
+        "settings": group.resume_key(),
+        "optimizer": optimizer_json,
+        "rng": rng_json,
+    }
+    group.runs.save(group.step, tensors, payload)
+
+
+def _resume(group: Group) -> None:
+    """The newest resume point into the group: tensors, optimizer, EMA, RNGs, positions; finished tasks stay
+    finished (they are in the bank)."""
+    point = group.runs.load()
+    if point is None:
+        return
+    tensors, payload = point
+    where = group.runs.folder
+    if payload.get("settings") != group.resume_key():
+        raise AdapterBankError(f"the resume point in '{where}' was made with other settings; rerun without --resume")
+    trainable = dict(group.model.trainable_parameters())
+    for name, p in trainable.items():
+        value = tensors.get(f"model/{name}")
+        if value is None or value.shape != p.shape:
+            raise AdapterBankError(f"the resume point in '{where}' does not fit this group ('{name}')")
+        with torch.no_grad():
+            p.copy_(value)
+    try:
+        load_optimizer_state(group.optimizer, tensors, payload["optimizer"])
+        if group.ema is not None:
+            group.ema.load([tensors[f"ema/{i}"] for i in range(len(trainable))])
+        set_rng_state(tensors, payload["rng"])
+        group.step = int(payload["step"])
+        for task in group.tasks:
+            saved = payload["tasks"][task.settings.task]
+            task.state = {k: saved[k] for k in ("step", "epoch", "batch", "evaluations", "done", "seconds")}
+            task.state["resumed_from"] = task.state["step"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise AdapterBankError(f"the resume point in '{where}' is malformed ({exc}); rerun without --resume") from exc

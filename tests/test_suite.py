@@ -1,0 +1,220 @@
+"""`adapterbank train --suite`: suite files, the per-slot optimizer, and a real suite through DeepSpeed that is
+killed, resumed, and compared task by task with separate runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapterbank.bank.store import Bank
+from adapterbank.errors import AdapterBankError
+from adapterbank.training.slot_optimizer import SlotAdamW
+from adapterbank.training.suite import plan_groups
+from adapterbank.training.suite_file import load_suite
+from tests.helpers import REPO, SHARED_DATA, TRAIN_DATA, cli_in_process, run_cli
+
+HYMENOPTERA = SHARED_DATA / "imagefolder" / "hymenoptera"
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def test_each_task_resolves_recipe_then_defaults_then_its_entry_then_the_command_line(tmp_path: Path) -> None:
+    write(tmp_path, "recipe.yaml", "epochs: 7\nlr: 0.5\nbatch_size: 4\nmethods:\n  lora:\n    rank: 2\n")
+    (tmp_path / "data").mkdir()
+    suite = write(
+        tmp_path,
+        "suite.yaml",
+        "sampling: proportional\n"
+        "defaults: {recipe: recipe.yaml, lr: 0.1, seed: 5}\n"
+        "tasks:\n"
+        "  - {task: a, data: data, method: lora}\n"
+        "  - {task: b, data: /elsewhere, method: lora, lr: 0.2, rank: 8, recipe: recipe.yaml}\n",
+    )
+    loaded = load_suite(suite, {"epochs": 3, "bank": None, "resume": False}, {"sparsity": None})
+    a, b = loaded.tasks
+    assert loaded.sampling == "proportional"
+    assert (a.epochs, a.lr, a.batch_size, a.seed, a.options) == (3, 0.1, 4, 5, {"rank": 2})
+    assert (b.epochs, b.lr, b.options) == (3, 0.2, {"rank": 8})
+    assert a.data == str(tmp_path / "data") and b.data == "/elsewhere"  # relative to the suite file's folder
+    assert a.bank == b.bank == "bank"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("tasks: []\n", "lists no tasks"),
+        ("tasks:\n  - {task: a, method: ssf}\n", "task 1 needs `data`"),
+        ("sampling: random\ntasks:\n  - {task: a, data: d, method: ssf}\n", "sampling must be one of"),
+        ("epochs: 3\ntasks:\n  - {task: a, data: d, method: ssf}\n", "unknown key 'epochs'"),
+        ("tasks:\n  - {task: a, data: d, method: ssf}\n  - {task: a, data: e, method: ssf}\n", "names task 'a' twice"),
+        ("tasks:\n  - {task: a, data: d, method: ssf, depth: 3}\n", "task 'a': method ssf has no option 'depth'"),
+        ("tasks:\n  - {task: a, data: d, method: ssf, resume: true}\n", "`resume` is a flag"),
+        ("tasks:\n  - {task: a, data: d, method: ssf, epochs: 0}\n", "task 'a': --epochs must be at least 1"),
+        ("tasks:\n  - {task: a, data: d, method: ssf, bank: x}\n  - {task: b, data: d, method: ssf}\n", "same bank"),
+        ("tasks: [unclosed\n", "not valid YAML"),
+        ("- just\n- a list\n", "must be a mapping"),
+    ],
+)
+def test_bad_suite_files_are_one_line_errors(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(AdapterBankError, match=None) as error:
+        load_suite(write(tmp_path, "suite.yaml", text), {}, {})
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_suite_file_behind_a_link_or_too_large_is_refused(tmp_path: Path) -> None:
+    real = write(tmp_path, "real.yaml", "tasks:\n  - {task: a, data: d, method: ssf}\n")
+    (tmp_path / "link.yaml").symlink_to(real)
+    with pytest.raises(AdapterBankError, match="not a link"):
+        load_suite(tmp_path / "link.yaml", {}, {})
+    big = write(tmp_path, "big.yaml", "# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(AdapterBankError, match="larger than"):
+        load_suite(big, {}, {})
+
+
+def test_tasks_share_a_model_only_when_method_options_and_model_settings_agree(tmp_path: Path) -> None:
+    suite = write(
+        tmp_path,
+        "suite.yaml",
+        "tasks:\n"
+        "  - {task: s1, data: d, method: ssf}\n"
+        "  - {task: l1, data: d, method: lora, rank: 4}\n"
+        "  - {task: s2, data: d, method: ssf, lr: 0.5, epochs: 9}\n"
+        "  - {task: l2, data: d, method: lora, rank: 8}\n"
+        "  - {task: s3, data: d, method: ssf, image_size: 64}\n"
+        "  - {task: f1, data: d, method: full}\n"
+        "  - {task: f2, data: d, method: full}\n",
+    )
+    groups = plan_groups(load_suite(suite, {}, {}).tasks)
+    assert [[s.task for s in g] for g in groups] == [["s1", "s2"], ["l1"], ["l2"], ["s3"], ["f1"], ["f2"]]
+
+
+def test_slot_adamw_steps_each_slot_as_adamw_at_its_own_rates_and_leaves_lr_zero_slots_alone() -> None:
+    torch.manual_seed(0)
+    start = torch.randn(3, 4, 5)
+    stacked = torch.nn.Parameter(start.clone())
+    optimizer = SlotAdamW([stacked], slots=3)
+    lrs, decays = torch.tensor([1e-2, 0.0, 3e-3]), torch.tensor([0.1, 0.1, 0.0])
+    optimizer.set_rates(stacked, lrs, decays)
+    alone = [torch.nn.Parameter(start[i].clone()) for i in range(3)]
+    references = [torch.optim.AdamW([alone[i]], lr=float(lrs[i]), weight_decay=float(decays[i])) for i in (0, 2)]
+    for _ in range(5):
+        grad = torch.randn(3, 4, 5)
+        stacked.grad = grad.clone()
+        optimizer.step()
+        for i, reference in zip((0, 2), references, strict=True):
+            alone[i].grad = grad[i].clone()
+            reference.step()
+    assert torch.allclose(stacked[0], alone[0], atol=1e-6) and torch.allclose(stacked[2], alone[2], atol=1e-6)
+    assert torch.equal(stacked[1], start[1])
+    assert not torch.allclose(stacked[0], start[0])
+    with pytest.raises(ValueError, match="stack 3 task slots"):
+        SlotAdamW([torch.nn.Parameter(torch.zeros(2, 4))], slots=3)
+
+
+def _change(record, initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) - initial[k] for k, v in record.tensors.items()}
+
+
+def _initial(bank: Path, name: str, seed: int) -> dict[str, torch.Tensor]:
+    """The task's values before training, drawn as its own run draws them."""
+    from adapterbank.bank.torch_bridge import load_backbone
+    from adapterbank.tuned import TunedModel
+
+    opened = Bank(bank)
+    record = opened.load(name, with_tensors=False)
+    backbone, classes = load_backbone(opened), [len(record.class_names)]
+    torch.manual_seed(seed)  # after the backbone is built, as in the trainer
+    identity = opened.identity
+    model = TunedModel(backbone, identity.arch, record.method, classes, record.config, identity.fingerprint)
+    return model.state(0)
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
+@pytest.mark.slow
+def test_suite_commits_early_resumes_after_sigkill_and_matches_separate_runs(tmp_path: Path) -> None:
+    """Three tasks, two methods: the two SSF tasks train in one model (the short one commits first), LoRA after
+    them in the same process. Killed after the first commit and resumed, the suite's tasks equal separate runs of
+    the same settings: each task's tensors moved from their initial values by what its own run moves them, so no
+    task's step touched another's slot."""
+    suite = write(
+        tmp_path,
+        "suite.yaml",
+        "defaults: {batch_size: 8, checkpoint_every: 1, epochs: 1, warmup_epochs: 0}\n"
+        "tasks:\n"
+        f"  - {{task: hymen-ssf, data: {HYMENOPTERA}, method: ssf, lr: 0.003, max_steps: 2}}\n"
+        f"  - {{task: pneu-ssf, data: {TRAIN_DATA}, method: ssf, lr: 0.001, max_steps: 14, seed: 4}}\n"
+        f"  - {{task: hymen-lora, data: {HYMENOPTERA}, method: lora, rank: 2, lr: 0.002, max_steps: 3}}\n",
+    )
+    # real weights: a random-init backbone's early gradients are float rounding noise, which no two batch
+    # compositions compute alike
+    common = ["--backbone", "tf_efficientnet_lite0", "--checkpoint", "packaged", "--image-size", "64"]
+    common += ["--workers", "0", "--epochs", "1", "--warmup-epochs", "0"]
+    bank = tmp_path / "suite-bank"
+    command = [sys.executable, "-m", "cli", "train", "--suite", str(suite), "--bank", str(bank), *common]
+    victim = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (bank / "tasks" / "hymen-ssf.h5").exists() and victim.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    time.sleep(0.5)  # the commit is whole once its file is there; the group's resume point follows it
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert Bank(bank).tasks() == ["hymen-ssf"], "the suite finished (or failed) before it could be killed"
+    early = Bank(bank).load("hymen-ssf")
+    resumed = run_cli(*command[3:], "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    opened = Bank(bank)
+    assert opened.tasks() == ["hymen-lora", "hymen-ssf", "pneu-ssf"]
+    again = opened.load("hymen-ssf")
+    assert again.training == early.training and all((again.tensors[k] == v).all() for k, v in early.tensors.items())
+    pneu = opened.load("pneu-ssf")
+    assert pneu.training["steps"] == 14 and pneu.training["suite"]["group"] == ["hymen-ssf", "pneu-ssf"]
+    [row] = [line for line in resumed.stdout.splitlines() if "pneu-ssf" in line and "│" in line]
+    assert row.rstrip(" │|").split()[-1].isdigit(), row  # continued from its resume point, not from scratch
+    assert not any((bank / ".runs").glob("suite-*/latest"))
+
+    separate = tmp_path / "separate-bank"
+    for name, data, extra in (
+        ("hymen-ssf", HYMENOPTERA, ["--method", "ssf", "--lr", "0.003", "--max-steps", "2"]),
+        ("pneu-ssf", TRAIN_DATA, ["--method", "ssf", "--lr", "0.001", "--max-steps", "14", "--seed", "4"]),
+        ("hymen-lora", HYMENOPTERA, ["--method", "lora", "--rank", "2", "--lr", "0.002", "--max-steps", "3"]),
+    ):
+        alone = cli_in_process(
+            "train", "--task", name, "--data", str(data), "--bank", str(separate), "--batch-size", "8", *common, *extra
+        )
+        assert alone.returncode == 0, alone.stderr[-2000:]
+    for name, seed in (("hymen-ssf", 0), ("pneu-ssf", 4), ("hymen-lora", 0)):
+        initial = _initial(separate, name, seed)
+        in_suite = _change(opened.load(name), initial)
+        own = _change(Bank(separate).load(name), initial)
+        for key, moved in own.items():
+            assert moved.abs().max() > 0, (name, key)  # every tensor trained
+            gap = (in_suite[key] - moved).norm() / moved.norm()
+            assert gap < 0.05, (name, key, float(gap))  # Adam's sign noise on near-zero gradients, nothing more
+        assert opened.load(name).metrics["n"] == Bank(separate).load(name).metrics["n"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--suite", "s.yaml", "--task", "t"], "--suite lists its tasks: drop --task"),
+        (["--task", "t", "--method", "ssf"], "--data is required (or --suite FILE"),
+        (["--suite", "missing.yaml"], "no suite file"),
+    ],
+)
+def test_train_suite_flags_are_checked_in_one_line(args: list[str], fragment: str, tmp_path: Path) -> None:
+    result = cli_in_process("train", *[os.path.join(tmp_path, a) if a.endswith(".yaml") else a for a in args])
+    assert result.returncode == 2, result.stderr[-1000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and fragment in errors[0], result.stderr[-1000:]
