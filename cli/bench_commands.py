@@ -114,6 +114,58 @@ def accuracy(
         typer.echo("\n".join(lines))
 
 
+@app.command("suite")
+def suite(
+    data: Path = typer.Option(Path("../shared/data"), help="Folder of dataset folders."),
+    methods: str = typer.Option("ssf,lora", help="Comma-separated; one suite per method."),
+    tasks: str | None = typer.Option(None, help="Comma-separated task folder names (default: all)."),
+    recipe: str | None = typer.Option(None, help="Training recipe of every run (default: the backbone's CPU one)."),
+    backbone: str = typer.Option("tf_efficientnet_lite0", help="timm name."),
+    checkpoint: str = typer.Option("packaged", help="Backbone weights file, or 'packaged'."),
+    sampling: str = typer.Option("round-robin", help="round-robin or proportional."),
+    workdir: Path = typer.Option(Path("bench-suite"), help="Where the banks and suite files go (replaced)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Also print Markdown tables."),
+) -> None:
+    """One `train --suite` process against separate `train` processes: wall time and per-task accuracy."""
+    import shutil
+
+    from adapterbank.benchmarks.suite import suite_benchmark
+    from adapterbank.training.suite_file import SAMPLINGS
+
+    if sampling not in SAMPLINGS:
+        raise typer.BadParameter(f"choose one of {', '.join(SAMPLINGS)}", param_hint="--sampling")
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    chosen = [t for t in (tasks or "").split(",") if t] or None
+    with console.status("training: separate runs, then the suite, per method"):
+        rows, timings = suite_benchmark(
+            data, workdir, [m for m in methods.split(",") if m], chosen, recipe, backbone, checkpoint, sampling
+        )
+    accuracy = Table("method", "task", "separate", "suite", "suite - separate")
+    lines = ["| method | task | separate | suite | suite - separate |", "|---|---|---|---|---|"]
+    for row in rows:
+        cells = [
+            row.method,
+            row.task,
+            f"{100 * row.separate_accuracy:.1f}%",
+            f"{100 * row.suite_accuracy:.1f}%",
+            f"{100 * (row.suite_accuracy - row.separate_accuracy):+.1f} pt",
+        ]
+        accuracy.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    timing = Table("method", "separate runs", "one suite", "suite / separate")
+    lines += ["", "| method | separate runs | one suite | suite / separate |", "|---|---|---|---|"]
+    for t in timings:
+        cells = [t.method, f"{t.separate_seconds:.0f} s", f"{t.suite_seconds:.0f} s",
+                 f"{t.suite_seconds / t.separate_seconds:.2f}x"]  # fmt: skip
+        timing.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    console.print(accuracy)
+    console.print(timing)
+    if markdown:
+        typer.echo("\n".join(lines))
+
+
 @app.command("train-memory")
 def train_memory(
     backbone: str = typer.Option("vit_base_patch16_224"),

@@ -203,3 +203,23 @@ def test_bench_onnx_memory_runs() -> None:
     )  # one method: each costs its graphs and three measuring processes
     assert result.returncode == 0, result.stderr[-1500:]
     assert "ONNXRuntime MiB" in result.stdout and "ssf" in result.stdout
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
+@pytest.mark.slow
+def test_bench_suite_runs_separate_processes_then_one_suite(tmp_path: Path) -> None:
+    """Real EfficientNet-Lite0 weights, two tasks, one step each: both sides commit every task to banks of their
+    own, and the table pairs each task's two accuracies with the wall times."""
+    from adapterbank.bank.store import Bank
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("image_size: 32\nepochs: 1\nmax_steps: 1\nbatch_size: 8\nlr: 0.01\nnum_workers: 0\n")
+    work = tmp_path / "work"
+    args = ["bench", "suite", "--tasks", "hymenoptera,pneumonia", "--methods", "ssf", "--recipe", str(recipe)]
+    result = cli_in_process(*args, "--workdir", str(work), "--markdown")
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert Bank(work / "separate-ssf").tasks() == Bank(work / "suite-ssf").tasks() == ["hymenoptera", "pneumonia"]
+    suite_record = Bank(work / "suite-ssf").load("pneumonia", with_tensors=False)
+    assert suite_record.training["suite"]["group"] == ["hymenoptera", "pneumonia"]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ssf |")]
+    assert len(rows) == 3 and rows[-1].endswith("x |")  # two tasks, then the timing row

@@ -99,6 +99,14 @@ def test_tasks_share_a_model_only_when_method_options_and_model_settings_agree(t
     assert [[s.task for s in g] for g in groups] == [["s1", "s2"], ["l1"], ["l2"], ["s3"], ["f1"], ["f2"]]
 
 
+def test_proportional_sampling_shares_the_summed_batch_by_training_set_size() -> None:
+    from adapterbank.training.suite import _batch_sizes
+
+    assert _batch_sizes("round-robin", [32, 8], [1000, 50]) == [32, 8]
+    assert _batch_sizes("proportional", [32, 32], [3000, 1000]) == [48, 16]
+    assert _batch_sizes("proportional", [8, 8], [100000, 10]) == [16, 1]  # every task keeps a sample per step
+
+
 def test_slot_adamw_steps_each_slot_as_adamw_at_its_own_rates_and_leaves_lr_zero_slots_alone() -> None:
     torch.manual_seed(0)
     start = torch.randn(3, 4, 5)

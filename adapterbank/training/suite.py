@@ -124,6 +124,8 @@ def committed_with(settings: TrainSettings) -> bool:
     if settings.task not in bank.tasks():
         return False
     training = bank.load(settings.task, with_tensors=False).training
+    given = training.get("suite", {}).get("batch_size", training.get("batch_size"))  # proportional: the share ran
+    training = {**training, "batch_size": given}
     wanted = json.loads(json.dumps(settings.resume_key()))
     return {k: training.get(k) for k in wanted} == wanted
 
@@ -188,6 +190,7 @@ class GroupTask:
     """One task of a group: its data, objective, schedule and position."""
 
     settings: TrainSettings  # batch_size is the task's share of each step
+    requested_batch: int  # the batch size the suite asked for (proportional sampling shares the steps otherwise)
     slot: int
     dataset: Dataset
     train_set: ImageDataset
@@ -264,12 +267,12 @@ def _set_up(
     model = _group_model(bank, backbone, settings, [len(p[1].class_names) for p in parts])
     tasks = []
     for slot, ((s, dataset, train_set, eval_set, resolved), batch) in enumerate(zip(parts, batch_sizes, strict=True)):
-        s = replace(s, batch_size=batch)
         per_epoch = steps_per_epoch(len(train_set), batch, info.world_size)
         planned = per_epoch * s.epochs + int(s.cooldown_epochs * per_epoch)
         tasks.append(
             GroupTask(
-                settings=s,
+                settings=replace(s, batch_size=batch),
+                requested_batch=s.batch_size,
                 slot=slot,
                 dataset=dataset,
                 train_set=train_set,
@@ -441,7 +444,11 @@ def _commit(group: Group, task: GroupTask) -> None:
             "world_size": group.info.world_size,
             "layout": task.dataset.layout,
             "evaluations": state["evaluations"],
-            "suite": {"sampling": group.sampling, "group": [t.settings.task for t in group.tasks]},
+            "suite": {
+                "sampling": group.sampling,
+                "group": [t.settings.task for t in group.tasks],
+                "batch_size": task.requested_batch,  # as the suite asked; `batch_size` above is what each step took
+            },
         }
         record = task_record(
             group.model, task.settings.task, task.dataset.class_names, task.slot, metrics=metrics, training=training
