@@ -191,6 +191,11 @@ def test_suite_commits_early_resumes_after_sigkill_and_matches_separate_runs(tmp
     [row] = [line for line in resumed.stdout.splitlines() if "pneu-ssf" in line and "│" in line]
     assert row.rstrip(" │|").split()[-1].isdigit(), row  # continued from its resume point, not from scratch
     assert not any((bank / ".runs").glob("suite-*/latest"))
+    before = {name: opened.load(name, with_tensors=False).training for name in opened.tasks()}
+    rerun = cli_in_process(*command[3:], "--resume")  # everything is committed with these settings: nothing trains
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "training together" not in rerun.stdout
+    assert {name: Bank(bank).load(name, with_tensors=False).training for name in before} == before
 
     separate = tmp_path / "separate-bank"
     for name, data, extra in (

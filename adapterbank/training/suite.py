@@ -126,7 +126,8 @@ def committed_with(settings: TrainSettings) -> bool:
     training = bank.load(settings.task, with_tensors=False).training
     given = training.get("suite", {}).get("batch_size", training.get("batch_size"))  # proportional: the share ran
     training = {**training, "batch_size": given}
-    wanted = json.loads(json.dumps(settings.resume_key()))
+    # a setting left unset (None) was resolved from the same data and backbone: the record holds what it became
+    wanted = {k: v for k, v in json.loads(json.dumps(settings.resume_key())).items() if v is not None}
     return {k: training.get(k) for k in wanted} == wanted
 
 
