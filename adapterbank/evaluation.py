@@ -27,15 +27,16 @@ def eval_loader(dataset: ImageDataset, batch_size: int, workers: int) -> torch.u
 
 @torch.no_grad()
 def evaluate(
-    model: TunedModel, loader: torch.utils.data.DataLoader, device: torch.device, task: int | None = None
+    model: TunedModel, loader: torch.utils.data.DataLoader, device: torch.device, slot: int | None = None
 ) -> tuple[float, int]:
-    """Top-1 accuracy and the number of samples of a single-task model, or of slot `task` of a model of several."""
+    """Top-1 accuracy and the number of samples of a single-task model, or of task slot `slot` of a model of
+    several."""
     was_training = model.training
     model.eval()
     correct = total = 0
     try:
         for images, labels in loader_batches(loader):
-            slots = None if task is None else torch.full((len(images),), task, dtype=torch.long, device=device)
+            slots = None if slot is None else torch.full((len(images),), slot, dtype=torch.long, device=device)
             with autocast(device):
                 logits = model(images.to(device), slots)
             correct += int((logits.argmax(-1).cpu() == labels).sum())

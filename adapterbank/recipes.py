@@ -49,6 +49,9 @@ def load_recipe(name: str, method: str) -> dict[str, Any]:
         raise AdapterBankError(f"recipe '{path}' must be a mapping of settings")
     methods = data.pop("methods", {}) or {}
     data.pop("source", None)
-    settings = {**data, **(methods.get(method) or {})}
+    own = methods.get(method) if isinstance(methods, dict) else None
+    if not isinstance(methods, dict) or not isinstance(own or {}, dict):
+        raise AdapterBankError(f"recipe '{path}': `methods` must map method names to mappings of settings")
+    settings = {**data, **(own or {})}
     settings["recipe"] = str(path)
     return settings

@@ -123,7 +123,9 @@ def suite(
     backbone: str = typer.Option("tf_efficientnet_lite0", help="timm name."),
     checkpoint: str = typer.Option("packaged", help="Backbone weights file, or 'packaged'."),
     sampling: str = typer.Option("round-robin", help="round-robin or proportional."),
-    workdir: Path = typer.Option(Path("bench-suite"), help="Where the banks and suite files go (replaced)."),
+    workdir: Path = typer.Option(
+        Path("bench-suite"), help="Where the banks and suite files go (this command's earlier ones are replaced)."
+    ),
     markdown: bool = typer.Option(False, "--markdown", help="Also print Markdown tables."),
 ) -> None:
     """One `train --suite` process against separate `train` processes: wall time and per-task accuracy."""
@@ -134,13 +136,14 @@ def suite(
 
     if sampling not in SAMPLINGS:
         raise typer.BadParameter(f"choose one of {', '.join(SAMPLINGS)}", param_hint="--sampling")
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    names = [m for m in methods.split(",") if m]
+    for method in names:  # only what an earlier run of this command made there
+        for made in (workdir / f"separate-{method}", workdir / f"suite-{method}"):
+            shutil.rmtree(made, ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
     chosen = [t for t in (tasks or "").split(",") if t] or None
     with console.status("training: separate runs, then the suite, per method"):
-        rows, timings = suite_benchmark(
-            data, workdir, [m for m in methods.split(",") if m], chosen, recipe, backbone, checkpoint, sampling
-        )
+        rows, timings = suite_benchmark(data, workdir, names, chosen, recipe, backbone, checkpoint, sampling)
     accuracy = Table("method", "task", "separate", "suite", "suite - separate")
     lines = ["| method | task | separate | suite | suite - separate |", "|---|---|---|---|---|"]
     for row in rows:

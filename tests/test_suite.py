@@ -64,12 +64,35 @@ def test_each_task_resolves_recipe_then_defaults_then_its_entry_then_the_command
         ("tasks:\n  - {task: a, data: d, method: ssf, bank: x}\n  - {task: b, data: d, method: ssf}\n", "same bank"),
         ("tasks: [unclosed\n", "not valid YAML"),
         ("- just\n- a list\n", "must be a mapping"),
+        ("tasks:\n  - {task: a, data: d, method: ssf, epochs: '3'}\n", "setting 'epochs' must be int, got '3'"),
+        ("tasks:\n  - {task: a, data: d, method: ssf, epochs: true}\n", "setting 'epochs' must be int"),
+        ("tasks:\n  - {task: a, data: d, method: ssf, lr: [1]}\n", "setting 'lr' must be float"),
+        ("tasks:\n  - {task: a, data: d, method: ssf, backbone: [1]}\n", "setting 'backbone' must be str or none"),
+        ("tasks:\n  - {task: a, data: d, method: ssf, mean: abc}\n", "setting 'mean' must be list[float] or none"),
+        ("tasks:\n  - {task: a, data: d, method: ssf, options: {rank: 2}}\n", "not an `options:` mapping"),
+        ("defaults: false\ntasks:\n  - {task: a, data: d, method: ssf}\n", "defaults must be a mapping"),
+        ("tasks:\n  - {task: a, data: ~nosuchuser1234/x, method: ssf}\n", "cannot expand"),
+        ("tasks:\n  - {task: a, data: \"d\\0x\", method: ssf}\n", "NUL byte"),
+        ("tasks: " + "[" * 3000 + "]" * 3000 + "\n", "not valid YAML"),
     ],
 )
 def test_bad_suite_files_are_one_line_errors(tmp_path: Path, text: str, fragment: str) -> None:
     with pytest.raises(AdapterBankError, match=None) as error:
         load_suite(write(tmp_path, "suite.yaml", text), {}, {})
     assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_command_line_wins_over_every_task_settings_given_with_o_too(tmp_path: Path) -> None:
+    suite = write(tmp_path, "suite.yaml", "tasks:\n  - {task: a, data: d, method: lora, drop_path_rate: 0.1, rank: 2}\n")
+    [task] = load_suite(suite, {}, {"drop_path_rate": 0.3, "rank": 4}).tasks
+    assert task.drop_path_rate == 0.3 and task.options == {"rank": 4}
+
+
+def test_a_recipe_whose_methods_are_not_mappings_is_one_line(tmp_path: Path) -> None:
+    write(tmp_path, "bad.yaml", "lr: 0.1\nmethods: [1]\n")
+    suite = write(tmp_path, "suite.yaml", "tasks:\n  - {task: a, data: d, method: ssf, recipe: bad.yaml}\n")
+    with pytest.raises(AdapterBankError, match="`methods` must map method names"):
+        load_suite(suite, {}, {})
 
 
 def test_a_suite_file_behind_a_link_or_too_large_is_refused(tmp_path: Path) -> None:
@@ -128,6 +151,38 @@ def test_slot_adamw_steps_each_slot_as_adamw_at_its_own_rates_and_leaves_lr_zero
     assert not torch.allclose(stacked[0], start[0])
     with pytest.raises(ValueError, match="stack 3 task slots"):
         SlotAdamW([torch.nn.Parameter(torch.zeros(2, 4))], slots=3)
+
+
+def test_each_slot_steps_at_its_own_lr_head_lr_decay_and_schedule_and_a_finished_one_at_zero() -> None:
+    from types import SimpleNamespace
+
+    from adapterbank.training.settings import resolve
+    from adapterbank.training.suite import _set_rates
+    from adapterbank.training.trainer import settings_lr_factor
+
+    first = resolve({"task": "a", "method": "ssf", "data": "d", "lr": 0.01, "head_lr": 0.1, "weight_decay": 0.5,
+                     "epochs": 4, "warmup_epochs": 1, "schedule": "epoch"}, {})  # fmt: skip
+    second = resolve({"task": "b", "method": "ssf", "data": "d", "lr": 0.002, "weight_decay": 0.25, "epochs": 2,
+                      "warmup_epochs": 0}, {})  # fmt: skip
+    third = resolve({"task": "c", "method": "ssf", "data": "d", "lr": 0.3}, {})
+    tasks = [
+        SimpleNamespace(settings=s, factor=settings_lr_factor(s, 10), state={"step": step}, active=active)
+        for s, step, active in ((first, 13, True), (second, 7, True), (third, 5, False))
+    ]
+    vector, matrix, head = (torch.nn.Parameter(torch.zeros(3, *shape)) for shape in ((4,), (4, 4), (2, 4)))
+    optimizer = SlotAdamW([vector, matrix, head], slots=3)
+    group = SimpleNamespace(tasks=tasks, optimizer=optimizer, rates=[(vector, False, False), (matrix, False, True),
+                                                                      (head, True, True)])  # fmt: skip
+    _set_rates(group)
+    a, b = settings_lr_factor(first, 10)(13), settings_lr_factor(second, 10)(7)
+    assert a != b and 0 < a < 1 and 0 < b < 1  # two schedules, each at its own step
+    expect = {
+        id(vector): ([0.01 * a, 0.002 * b, 0.0], [0.0, 0.0, 0.0]),  # vectors never decay
+        id(matrix): ([0.01 * a, 0.002 * b, 0.0], [0.5, 0.25, 0.0]),
+        id(head): ([0.1 * a, 0.002 * b, 0.0], [0.5, 0.25, 0.0]),  # the head at head_lr where one is set
+    }
+    for key, (lrs, decays) in expect.items():
+        assert optimizer.lrs[key].tolist() == pytest.approx(lrs) and optimizer.decays[key].tolist() == decays
 
 
 def _change(record, initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -15,6 +15,8 @@ def epoch_batches(
     batches = []
     for start in range(0, n, global_batch):
         chunk = order[start : start + global_batch]
+        if len(chunk) < world_size:  # every rank takes a step: the last chunk borrows from the epoch's start
+            chunk = chunk + order[: world_size - len(chunk)]
         mine = chunk[rank::world_size]
         if mine:
             batches.append(mine)

@@ -58,6 +58,7 @@ class TrainSettings:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # method options: rank, sparsity, ...
 
     def validate(self) -> None:
+        _check_types(self)  # recipes and suite files are YAML anyone may write: types first, then ranges
         check_task_name(self.task)  # before hours of training, not at commit time
         make_config(get_method(self.method), self.options)
         for name in ("epochs", "batch_size", "eval_every"):
@@ -111,6 +112,8 @@ class TrainSettings:
             "schedule",
             "cooldown_epochs",
             "warmup_epochs",
+            "min_lr",
+            "warmup_lr",
             "label_smoothing",
             "mixup",
             "cutmix",
@@ -127,6 +130,25 @@ class TrainSettings:
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainSettings)}
+_KINDS = {  # what each annotation accepts; bool is not a number here, an int is a float
+    "str": lambda v: isinstance(v, str) and "\0" not in v,
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "bool": lambda v: isinstance(v, bool),
+    "None": lambda v: v is None,
+    "list[float]": lambda v: isinstance(v, list) and all(_KINDS["float"](x) for x in v),
+    "dict[str, Any]": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+}
+
+
+def _check_types(settings: TrainSettings) -> None:
+    """Every setting of the type its annotation names, as a one-line error naming the setting."""
+    for f in dataclasses.fields(TrainSettings):
+        value = getattr(settings, f.name)
+        kinds = [kind.strip() for kind in str(f.type).split("|")]
+        if not any(_KINDS[kind](value) for kind in kinds):
+            wanted = " or ".join("none" if k == "None" else k for k in kinds)
+            raise AdapterBankError(f"setting '{f.name}' must be {wanted}, got {value!r:.60}")
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
@@ -140,10 +162,15 @@ def resolve(flags: dict[str, Any], method_options: dict[str, Any]) -> TrainSetti
     """Defaults, then the recipe (if any), then every flag the user gave (None means not given). A `-o KEY=VALUE`
     naming a training setting (e.g. drop_path_rate, mixup, ema_decay) sets it; the others are method options."""
     given = {k: v for k, v in flags.items() if v is not None}
+    if "options" in given or "options" in method_options:
+        raise AdapterBankError("method options are settings of their own (rank: 4), not an `options:` mapping")
     merged: dict[str, Any] = {}
     options: dict[str, Any] = {}
     if given.get("recipe"):
         for key, value in load_recipe(given["recipe"], given["method"]).items():
+            if key == "options":
+                recipe = given["recipe"]
+                raise AdapterBankError(f"recipe '{recipe}': method options are keys of their own, not `options:`")
             (merged if key in FIELDS else options)[key] = value
         given["recipe"] = merged.pop("recipe", given["recipe"])
     merged.update(given)

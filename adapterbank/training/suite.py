@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import hashlib
 import json
 import random
@@ -46,7 +47,7 @@ from adapterbank.evaluation import eval_loader, evaluate
 from adapterbank.methods import get_method, make_config
 from adapterbank.process import training_process
 from adapterbank.training.backbone import BackboneChoice, choose_backbone, open_or_create_bank
-from adapterbank.training.batches import epoch_batches, steps_per_epoch
+from adapterbank.training.batches import steps_per_epoch
 from adapterbank.training.devices import autocast, device_for
 from adapterbank.training.distributed import ProcessInfo, barrier
 from adapterbank.training.ema import TaskEma
@@ -63,6 +64,8 @@ from adapterbank.training.trainer import (
     TrainResult,
     averaged,
     deepspeed_engine,
+    epoch_loader,
+    fresh_state,
     settings_lr_factor,
     train_in_process,
 )
@@ -116,19 +119,23 @@ def plan_groups(tasks: Sequence[TrainSettings]) -> list[list[TrainSettings]]:
     return list(groups.values())
 
 
+RESOLVED = ("image_size", "augment")  # unset, they are resolved from the data and backbone: the record holds those
+
+
 def committed_with(settings: TrainSettings) -> bool:
-    """Whether the bank holds this task trained with these settings (a finished task of an earlier suite run)."""
+    """Whether the bank holds this task trained with these settings (a finished task of an earlier suite run).
+    A record that does not read as one is not."""
     if not regular_file(Path(settings.bank) / "bank.h5"):
         return False
     bank = Bank(settings.bank)
     if settings.task not in bank.tasks():
         return False
     training = bank.load(settings.task, with_tensors=False).training
-    given = training.get("suite", {}).get("batch_size", training.get("batch_size"))  # proportional: the share ran
-    training = {**training, "batch_size": given}
-    # a setting left unset (None) was resolved from the same data and backbone: the record holds what it became
-    wanted = {k: v for k, v in json.loads(json.dumps(settings.resume_key())).items() if v is not None}
-    return {k: training.get(k) for k in wanted} == wanted
+    suite = training.get("suite")
+    if isinstance(suite, dict) and "batch_size" in suite:  # proportional sampling: the record holds the share
+        training = {**training, "batch_size": suite["batch_size"]}
+    wanted = json.loads(json.dumps(settings.resume_key()))
+    return all(training.get(k) == v for k, v in wanted.items() if not (k in RESOLVED and v is None))
 
 
 def run_name(group: Sequence[TrainSettings]) -> str:
@@ -139,14 +146,15 @@ def run_name(group: Sequence[TrainSettings]) -> str:
     return f"suite-{hashlib.sha256(names.encode()).hexdigest()[:16]}"
 
 
-def _to_train(group: list[TrainSettings]) -> list[TrainSettings]:
-    """On --resume: the whole group when it left a resume point, else the tasks the bank does not hold yet."""
+def _already_committed(group: list[TrainSettings]) -> set[str]:
+    """On --resume without a resume point of the group: its tasks the bank holds with the same settings (a group
+    that finished, or whose point was lost). With a point, the point knows which tasks finished."""
     first = group[0]
     if not first.resume:
-        return group
+        return set()
     if regular_file(Path(first.bank) / "bank.h5") and RunFolder(Path(first.bank), run_name(group)).has_point():
-        return group
-    return [s for s in group if not committed_with(s)]
+        return set()
+    return {s.task for s in group if committed_with(s)}
 
 
 def train_suite(suite: Suite, reporter: SuiteReporter | None = None) -> list[TrainResult]:
@@ -157,33 +165,27 @@ def train_suite(suite: Suite, reporter: SuiteReporter | None = None) -> list[Tra
     results: dict[str, TrainResult] = {}
     with training_process() as info:
         for group in plan_groups(suite.tasks):
-            todo = _to_train(group)
-            results.update({s.task: _banked_result(s) for s in group if s not in todo})
-            if not todo:
+            committed = _already_committed(group)
+            results.update({name: _banked_result(suite, name) for name in committed})
+            if len(committed) == len(group):
                 continue
-            choice = choose_backbone(todo[0])  # again: an earlier group may have created the bank
-            reporter.group([s.task for s in todo])
-            if len(todo) == 1:
-                results[todo[0].task] = train_in_process(todo[0], choice, info, reporter)
-                reporter.committed(todo[0].task, results[todo[0].task].accuracy)
+            choice = choose_backbone(group[0])  # again: an earlier group may have created the bank
+            reporter.group([s.task for s in group if s.task not in committed])
+            if len(group) == 1:
+                results[group[0].task] = train_in_process(group[0], choice, info, reporter)
+                reporter.committed(group[0].task, results[group[0].task].accuracy)
             else:
-                results.update(_train_group(todo, suite.sampling, choice, info, reporter))
+                results.update(_train_group(group, committed, suite.sampling, choice, info, reporter))
+            gc.collect()  # the group's engine and model hold reference cycles; free them before the next group
     return [results[s.task] for s in suite.tasks]
 
 
-def _banked_result(settings: TrainSettings) -> TrainResult:
-    record = Bank(settings.bank).load(settings.task, with_tensors=False)
-    training = record.training
-    return TrainResult(
-        settings.task,
-        record.metrics["accuracy"],
-        record.metrics["n"],
-        record.metrics["split"],
-        training.get("steps", 0),
-        training.get("seconds", 0.0),
-        training.get("steps", 0),
-        training.get("evaluations", []),
-    )
+def _banked_result(suite: Suite, name: str) -> TrainResult:
+    """A task an earlier run committed, as its result (0 steps, 0 s: nothing ran now)."""
+    settings = next(s for s in suite.tasks if s.task == name)
+    metrics = Bank(settings.bank).load(name, with_tensors=False).metrics
+    return TrainResult(name, float(metrics.get("accuracy", 0.0)), int(metrics.get("n", 0)), str(metrics.get("split")),
+                       0, 0.0, 0)  # fmt: skip
 
 
 @dataclass
@@ -235,12 +237,20 @@ class Group:
 
 
 def _train_group(
-    settings: list[TrainSettings], sampling: str, choice: BackboneChoice, info: ProcessInfo, reporter: SuiteReporter
+    settings: list[TrainSettings],
+    committed: set[str],
+    sampling: str,
+    choice: BackboneChoice,
+    info: ProcessInfo,
+    reporter: SuiteReporter,
 ) -> dict[str, TrainResult]:
+    """The whole planned group (its resume points are named by it); tasks in `committed` start finished."""
     group = _set_up(settings, sampling, choice, info, reporter)
-    with group.runs.locked() if info.is_main else contextlib.nullcontext():
+    with _locked(group) if info.is_main else contextlib.nullcontext():
         if settings[0].resume:
             _resume(group)
+        for task in group.tasks:
+            task.state["done"] = task.state["done"] or task.settings.task in committed
         reporter.start(max(t.total for t in group.tasks), group.step)
         group.engine.train()
         while any(t.active for t in group.tasks):
@@ -248,7 +258,17 @@ def _train_group(
         if info.is_main:
             group.runs.clear()
     barrier()
-    return {t.settings.task: _result(group, t) for t in group.tasks}
+    return {t.settings.task: _result(group, t) for t in group.tasks if t.settings.task not in committed}
+
+
+@contextlib.contextmanager
+def _locked(group: Group) -> Iterator[None]:
+    """The group's run folder and every task's own: no `train --task` of one of them runs beside the suite."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(group.runs.locked())
+        for task in group.tasks:
+            stack.enter_context(RunFolder(group.bank.path, task.settings.task).locked())
+        yield
 
 
 def _set_up(
@@ -283,7 +303,7 @@ def _set_up(
                 factor=settings_lr_factor(s, per_epoch),
                 per_epoch=per_epoch,
                 total=min(s.max_steps or planned, planned),
-                state={"step": 0, "epoch": 0, "batch": 0, "evaluations": [], "done": False, "seconds": 0.0},
+                state={**fresh_state(), "done": False, "seconds": 0.0},
             )
         )
     trainable = model.trainable_parameters()
@@ -353,20 +373,8 @@ def _set_rates(group: Group) -> None:
 
 def _next_batch(group: Group, task: GroupTask) -> tuple[torch.Tensor, torch.Tensor]:
     if task.batches is None:
-        task.batches = iter(loader_batches(_train_loader(group, task)))
+        task.batches = iter(loader_batches(epoch_loader(task.train_set, task.settings, task.state, group.info)))
     return next(task.batches)
-
-
-def _train_loader(group: Group, task: GroupTask) -> torch.utils.data.DataLoader:
-    """The task's batches of its current epoch from its position on, as its own run draws them."""
-    s, state, info = task.settings, task.state, group.info
-    batches = epoch_batches(len(task.train_set), s.batch_size, state["epoch"], s.seed, info.rank,
-                            info.world_size)[state["batch"] :]  # fmt: skip
-    task.train_set.epoch = state["epoch"]
-    generator = torch.Generator().manual_seed(s.seed * 1_000_003 + state["epoch"])
-    return torch.utils.data.DataLoader(
-        task.train_set, batch_sampler=batches, num_workers=s.num_workers, generator=generator
-    )
 
 
 def _step(group: Group) -> None:
@@ -420,7 +428,7 @@ def _end_epoch(group: Group, task: GroupTask) -> None:
     last = state["step"] >= task.total
     if group.info.is_main and (last or state["epoch"] % task.settings.eval_every == 0):
         with averaged(group.ema):
-            accuracy, _ = evaluate(group.model, task.eval_loader, group.device, task.slot)
+            accuracy, _ = evaluate(group.model, task.eval_loader, group.device, slot=task.slot)
         state["evaluations"].append({"epoch": state["epoch"], "step": state["step"], "accuracy": accuracy})
         group.reporter.task_evaluated(task.settings.task, state["epoch"], accuracy)
     if last:

@@ -15,6 +15,7 @@ tasks share one bank and one backbone.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from adapterbank.training.settings import FIELDS, TrainSettings, resolve
 
 SAMPLINGS = ("round-robin", "proportional")
 MAX_SUITE_BYTES = 1 << 20
+MAX_SUITE_TASKS = 1000  # a VTAB-1k run is 19; a group of thousands would stack thousands of heads in one model
 SHARED = ("bank", "backbone", "checkpoint")  # one bank and one backbone per suite
 
 
@@ -45,14 +47,15 @@ def load_suite(path: str | Path, flags: dict[str, Any], options: dict[str, Any])
         raise AdapterBankError(f"suite '{path}': unknown key '{unknown[0]}' (keys: sampling, defaults, tasks)")
     sampling = data.get("sampling", "round-robin")
     if sampling not in SAMPLINGS:
-        raise AdapterBankError(f"suite '{path}': sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
-    defaults = _mapping(data.get("defaults") or {}, f"suite '{path}': defaults")
+        raise AdapterBankError(f"suite '{path}': sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r:.40}")
+    defaults = _mapping(data.get("defaults", {}), f"suite '{path}': defaults")
     entries = data.get("tasks")
     if not isinstance(entries, list) or not entries:
         raise AdapterBankError(f"suite '{path}' lists no tasks (a `tasks:` list of mappings)")
+    if len(entries) > MAX_SUITE_TASKS:
+        raise AdapterBankError(f"suite '{path}' lists {len(entries)} tasks; at most {MAX_SUITE_TASKS} per suite")
     tasks = [_task(path, i, entry, defaults, flags, options) for i, entry in enumerate(entries)]
-    names = [t.task for t in tasks]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = sorted(name for name, count in Counter(t.task for t in tasks).items() if count > 1)
     if repeated:
         raise AdapterBankError(f"suite '{path}' names task '{repeated[0]}' twice")
     for key in SHARED:
@@ -70,8 +73,11 @@ def _read(path: Path) -> dict[str, Any]:
         raise AdapterBankError(f"suite '{path}' is larger than {MAX_SUITE_BYTES >> 20} MiB")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise AdapterBankError(f"suite '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
+        raise AdapterBankError(f"suite '{path}' is not valid YAML: {reason}") from exc
+    except OSError as exc:
+        raise AdapterBankError(f"cannot read suite '{path}': {exc.strerror or exc}") from exc
     return _mapping(data, f"suite '{path}'")
 
 
@@ -99,14 +105,21 @@ def _task(
         given["recipe"] = str(_beside(path, given["recipe"]))
     fields = {k: v for k, v in given.items() if k in FIELDS}
     entry_options = {k: v for k, v in given.items() if k not in FIELDS}
-    chosen = {k: v for k, v in flags.items() if v is not None}
+    # the command line wins over every task: its flags, and its -o KEY=VALUE naming a setting (drop_path_rate=0.1)
+    chosen = {k: v for k, v in flags.items() if v is not None} | {k: v for k, v in options.items() if k in FIELDS}
+    method_options = {k: v for k, v in options.items() if k not in FIELDS}
     try:
-        return resolve({**fields, **chosen}, {**entry_options, **options})
+        return resolve({**fields, **chosen}, {**entry_options, **method_options})
     except AdapterBankError as exc:
         raise AdapterBankError(f"suite '{path}': task '{given['task']}': {exc}") from exc
 
 
 def _beside(suite: Path, value: str) -> Path:
     """A relative path in a suite file is relative to the suite file's folder."""
-    candidate = Path(value).expanduser()
+    if "\0" in value:
+        raise AdapterBankError(f"suite '{suite}': the path {value!r:.60} holds a NUL byte")
+    try:
+        candidate = Path(value).expanduser()
+    except RuntimeError as exc:  # ~user that does not exist
+        raise AdapterBankError(f"suite '{suite}': cannot expand {value!r:.60} ({exc})") from exc
     return candidate if candidate.is_absolute() else suite.parent / candidate

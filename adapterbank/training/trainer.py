@@ -105,7 +105,7 @@ def train_in_process(
     one)."""
     run = _set_up(settings, choice, info, reporter or SilentReporter())
     with run.runs.locked() if info.is_main else contextlib.nullcontext():  # one training per task at a time
-        state = (_resume(run) if settings.resume else None) or _fresh_state()
+        state = (_resume(run) if settings.resume else None) or fresh_state()
         result = _train_epochs(run, state)
         if info.is_main:
             _commit(run, state, result)
@@ -113,7 +113,7 @@ def train_in_process(
     return result
 
 
-def _fresh_state() -> dict[str, Any]:
+def fresh_state() -> dict[str, Any]:
     """A run's position (step, epoch, batch within it) and its evaluations so far: what a resume point restores."""
     return {"step": 0, "epoch": 0, "batch": 0, "evaluations": []}
 
@@ -218,7 +218,7 @@ def _epoch(run: Run, state: dict[str, Any]) -> None:
     """The rest of the current epoch (all of it unless resumed mid-way), then its evaluation and resume point."""
     settings = run.settings
     tick = time.perf_counter()
-    for images, labels in loader_batches(_train_loader(run, state)):
+    for images, labels in loader_batches(epoch_loader(run.train_set, run.settings, state, run.info)):
         loss, accuracy = _step(run, images, labels)
         state["step"] += 1
         state["batch"] += 1
@@ -235,17 +235,18 @@ def _epoch(run: Run, state: dict[str, Any]) -> None:
         _end_epoch(run, state)
 
 
-def _train_loader(run: Run, state: dict[str, Any]) -> torch.utils.data.DataLoader:
-    """This rank's batches of the current epoch from the resume position on."""
-    settings, info = run.settings, run.info
-    batches = epoch_batches(len(run.train_set), settings.batch_size, state["epoch"], settings.seed, info.rank,
+def epoch_loader(
+    train_set: ImageDataset, settings: TrainSettings, state: dict[str, Any], info: ProcessInfo
+) -> torch.utils.data.DataLoader:
+    """This rank's batches of the current epoch from the resume position on (`state`: epoch, batch)."""
+    batches = epoch_batches(len(train_set), settings.batch_size, state["epoch"], settings.seed, info.rank,
                             info.world_size)[state["batch"] :]  # fmt: skip
-    run.train_set.epoch = state["epoch"]  # augmentation draws per (seed, epoch, image): resumable, worker-proof
+    train_set.epoch = state["epoch"]  # augmentation draws per (seed, epoch, image): resumable, worker-proof
     # its own generator: a loader draws a seed when iterated, which must not shift the global one that dropout and
     # DropPath draw from (a resumed run would then differ from an uninterrupted one)
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + state["epoch"])
     return torch.utils.data.DataLoader(
-        run.train_set, batch_sampler=batches, num_workers=settings.num_workers, generator=generator
+        train_set, batch_sampler=batches, num_workers=settings.num_workers, generator=generator
     )
 
 
