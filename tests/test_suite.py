@@ -72,7 +72,7 @@ def test_each_task_resolves_recipe_then_defaults_then_its_entry_then_the_command
         ("tasks:\n  - {task: a, data: d, method: ssf, options: {rank: 2}}\n", "not an `options:` mapping"),
         ("defaults: false\ntasks:\n  - {task: a, data: d, method: ssf}\n", "defaults must be a mapping"),
         ("tasks:\n  - {task: a, data: ~nosuchuser1234/x, method: ssf}\n", "cannot expand"),
-        ("tasks:\n  - {task: a, data: \"d\\0x\", method: ssf}\n", "NUL byte"),
+        ('tasks:\n  - {task: a, data: "d\\0x", method: ssf}\n', "NUL byte"),
         ("tasks: " + "[" * 3000 + "]" * 3000 + "\n", "not valid YAML"),
     ],
 )
@@ -83,7 +83,8 @@ def test_bad_suite_files_are_one_line_errors(tmp_path: Path, text: str, fragment
 
 
 def test_the_command_line_wins_over_every_task_settings_given_with_o_too(tmp_path: Path) -> None:
-    suite = write(tmp_path, "suite.yaml", "tasks:\n  - {task: a, data: d, method: lora, drop_path_rate: 0.1, rank: 2}\n")
+    entry = "{task: a, data: d, method: lora, drop_path_rate: 0.1, rank: 2}"
+    suite = write(tmp_path, "suite.yaml", f"tasks:\n  - {entry}\n")
     [task] = load_suite(suite, {}, {"drop_path_rate": 0.3, "rank": 4}).tasks
     assert task.drop_path_rate == 0.3 and task.options == {"rank": 4}
 
