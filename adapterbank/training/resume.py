@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from adapterbank.atomic_files import fsync, publish, temporary_path, write_whole
 from adapterbank.bank.paths import inside, open_nofollow, regular_file
 from adapterbank.errors import AdapterBankError
+from adapterbank.training.random_state import rng_state, set_rng_state
 
 FORMAT = 1
 MAX_JSON_BYTES = 64 << 20  # a run's evaluations and RNG states are a few hundred KiB
@@ -153,3 +154,46 @@ def load_optimizer_state(
         optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
     except (KeyError, ValueError, TypeError) as exc:
         raise AdapterBankError(f"the resume point's optimizer state does not fit this model ({exc})") from exc
+
+
+def save_point(
+    runs: RunFolder, step: int, model: Any, optimizer: torch.optim.Optimizer, ema: Any, payload: dict[str, Any]
+) -> None:
+    """A resume point: `model`'s trainable tensors, the optimizer's moments, the EMA's averages and every random
+    generator, with `payload` (position, settings key, ...) beside them."""
+    tensors = {f"model/{name}": p for name, p in model.trainable_parameters()}
+    optimizer_tensors, optimizer_json = optimizer_state(optimizer)
+    rng_tensors, rng_json = rng_state()
+    tensors.update({**optimizer_tensors, **rng_tensors})
+    if ema is not None:
+        tensors.update({f"ema/{i}": t for i, t in enumerate(ema.state())})
+    runs.save(step, tensors, {**payload, "optimizer": optimizer_json, "rng": rng_json})
+
+
+def load_point(
+    runs: RunFolder, key: dict[str, Any], model: Any, optimizer: torch.optim.Optimizer, ema: Any
+) -> dict[str, Any] | None:
+    """The newest resume point into the model, optimizer, EMA and random generators, when it was made with the
+    settings `key`; its payload for the caller's own fields, or None when there is none."""
+    point = runs.load()
+    if point is None:
+        return None
+    tensors, payload = point
+    where = runs.folder
+    if payload.get("settings") != json.loads(json.dumps(key)):
+        raise AdapterBankError(f"the resume point in '{where}' was made with other settings; rerun without --resume")
+    trainable = dict(model.trainable_parameters())
+    for name, p in trainable.items():
+        value = tensors.get(f"model/{name}")
+        if value is None or value.shape != p.shape:
+            raise AdapterBankError(f"the resume point in '{where}' does not fit this model ('{name}')")
+        with torch.no_grad():
+            p.copy_(value)
+    try:
+        load_optimizer_state(optimizer, tensors, payload["optimizer"])
+        if ema is not None:
+            ema.load([tensors[f"ema/{i}"] for i in range(len(trainable))])
+        set_rng_state(tensors, payload["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise AdapterBankError(f"the resume point in '{where}' is malformed ({exc}); rerun without --resume") from exc
+    return payload

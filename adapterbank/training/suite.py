@@ -52,8 +52,7 @@ from adapterbank.training.devices import autocast, device_for
 from adapterbank.training.distributed import ProcessInfo, barrier
 from adapterbank.training.ema import TaskEma
 from adapterbank.training.objective import Objective
-from adapterbank.training.random_state import rng_state, set_rng_state
-from adapterbank.training.resume import RunFolder, load_optimizer_state, optimizer_state
+from adapterbank.training.resume import RunFolder, load_point, save_point
 from adapterbank.training.schedule import Factor
 from adapterbank.training.settings import TrainSettings
 from adapterbank.training.slot_optimizer import SlotAdamW
@@ -483,50 +482,25 @@ def _result(group: Group, task: GroupTask) -> TrainResult:
 
 def _save(group: Group) -> None:
     """A resume point of the whole group (rank 0): its tensors, optimizer, EMA, RNGs and every task's position."""
-    if not group.info.is_main:
-        return
-    tensors = {f"model/{name}": p for name, p in group.model.trainable_parameters()}
-    optimizer_tensors, optimizer_json = optimizer_state(group.optimizer)
-    rng_tensors, rng_json = rng_state()
-    tensors.update({**optimizer_tensors, **rng_tensors})
-    if group.ema is not None:
-        tensors.update({f"ema/{i}": t for i, t in enumerate(group.ema.state())})
-    payload = {
-        "step": group.step,
-        "tasks": {t.settings.task: t.state for t in group.tasks},
-        "settings": group.resume_key(),
-        "optimizer": optimizer_json,
-        "rng": rng_json,
-    }
-    group.runs.save(group.step, tensors, payload)
+    if group.info.is_main:
+        payload = {"step": group.step, "tasks": {t.settings.task: t.state for t in group.tasks},
+                   "settings": group.resume_key()}  # fmt: skip
+        save_point(group.runs, group.step, group.model, group.optimizer, group.ema, payload)
 
 
 def _resume(group: Group) -> None:
     """The newest resume point into the group: tensors, optimizer, EMA, RNGs, positions; finished tasks stay
     finished (they are in the bank)."""
-    point = group.runs.load()
-    if point is None:
+    payload = load_point(group.runs, group.resume_key(), group.model, group.optimizer, group.ema)
+    if payload is None:
         return
-    tensors, payload = point
-    where = group.runs.folder
-    if payload.get("settings") != group.resume_key():
-        raise AdapterBankError(f"the resume point in '{where}' was made with other settings; rerun without --resume")
-    trainable = dict(group.model.trainable_parameters())
-    for name, p in trainable.items():
-        value = tensors.get(f"model/{name}")
-        if value is None or value.shape != p.shape:
-            raise AdapterBankError(f"the resume point in '{where}' does not fit this group ('{name}')")
-        with torch.no_grad():
-            p.copy_(value)
     try:
-        load_optimizer_state(group.optimizer, tensors, payload["optimizer"])
-        if group.ema is not None:
-            group.ema.load([tensors[f"ema/{i}"] for i in range(len(trainable))])
-        set_rng_state(tensors, payload["rng"])
         group.step = int(payload["step"])
         for task in group.tasks:
             saved = payload["tasks"][task.settings.task]
             task.state = {k: saved[k] for k in ("step", "epoch", "batch", "evaluations", "done", "seconds")}
             task.state["resumed_from"] = task.state["step"]
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise AdapterBankError(f"the resume point in '{where}' is malformed ({exc}); rerun without --resume") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AdapterBankError(
+            f"the resume point in '{group.runs.folder}' is malformed ({exc}); rerun without --resume"
+        ) from exc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,8 +26,7 @@ from adapterbank.training.devices import autocast, device_for
 from adapterbank.training.distributed import ProcessInfo, barrier
 from adapterbank.training.ema import TaskEma
 from adapterbank.training.objective import Objective
-from adapterbank.training.random_state import rng_state, set_rng_state
-from adapterbank.training.resume import RunFolder, load_optimizer_state, optimizer_state
+from adapterbank.training.resume import RunFolder, load_point, save_point
 from adapterbank.training.schedule import Factor, lr_factor
 from adapterbank.training.settings import TrainSettings
 from adapterbank.training.task_data import task_datasets
@@ -314,46 +312,20 @@ def averaged(ema: TaskEma | None) -> contextlib.AbstractContextManager:
 def _save(run: Run, state: dict[str, Any]) -> None:
     """A resume point (rank 0; the other ranks hold the same tensors): trainable tensors, optimizer, scheduler,
     EMA, position in the data and every RNG state, written without pickle."""
-    if not run.info.is_main:
-        return
-    tensors = {f"model/{name}": p for name, p in run.model.trainable_parameters()}
-    optimizer_tensors, optimizer_json = optimizer_state(run.optimizer)
-    rng_tensors, rng_json = rng_state()
-    tensors.update({**optimizer_tensors, **rng_tensors})
-    if run.ema is not None:
-        tensors.update({f"ema/{i}": t for i, t in enumerate(run.ema.state())})
-    payload = {
-        **state,
-        "settings": run.settings.resume_key(),
-        "optimizer": optimizer_json,
-        "scheduler": run.scheduler.state_dict(),
-        "rng": rng_json,
-    }
-    run.runs.save(state["step"], tensors, payload)
+    if run.info.is_main:
+        payload = {**state, "settings": run.settings.resume_key(), "scheduler": run.scheduler.state_dict()}
+        save_point(run.runs, state["step"], run.model, run.optimizer, run.ema, payload)
 
 
 def _resume(run: Run) -> dict[str, Any] | None:
     """Load the newest resume point into the model, optimizer, scheduler, EMA and RNGs; its position, or None."""
-    point = run.runs.load()
-    if point is None:
+    payload = load_point(run.runs, run.settings.resume_key(), run.model, run.optimizer, run.ema)
+    if payload is None:
         return None
-    tensors, payload = point
-    where = run.runs.folder
-    if payload.get("settings") != json.loads(json.dumps(run.settings.resume_key())):
-        raise AdapterBankError(f"the resume point in '{where}' was made with other settings; rerun without --resume")
-    trainable = dict(run.model.trainable_parameters())
-    for name, p in trainable.items():
-        value = tensors.get(f"model/{name}")
-        if value is None or value.shape != p.shape:
-            raise AdapterBankError(f"the resume point in '{where}' does not fit this model ('{name}')")
-        with torch.no_grad():
-            p.copy_(value)
     try:
-        load_optimizer_state(run.optimizer, tensors, payload["optimizer"])
         run.scheduler.load_state_dict(payload["scheduler"])
-        if run.ema is not None:
-            run.ema.load([tensors[f"ema/{i}"] for i in range(len(trainable))])
-        set_rng_state(tensors, payload["rng"])
         return {k: payload[k] for k in ("step", "epoch", "batch", "evaluations")}
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise AdapterBankError(f"the resume point in '{where}' is malformed ({exc}); rerun without --resume") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AdapterBankError(
+            f"the resume point in '{run.runs.folder}' is malformed ({exc}); rerun without --resume"
+        ) from exc
