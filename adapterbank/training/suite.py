@@ -60,6 +60,7 @@ from adapterbank.training.suite_file import Suite
 from adapterbank.training.task_data import task_datasets
 from adapterbank.training.trainer import (
     Reporter,
+    SilentReporter,
     TrainResult,
     averaged,
     deepspeed_engine,
@@ -79,17 +80,8 @@ class SuiteReporter(Reporter, Protocol):
     def committed(self, name: str, accuracy: float) -> None: ...
 
 
-class SilentSuiteReporter:
+class SilentSuiteReporter(SilentReporter):
     def group(self, names: Sequence[str]) -> None:
-        pass
-
-    def start(self, total_steps: int, done: int) -> None:
-        pass
-
-    def step(self, done: int, loss: float, accuracy: float, images_per_second: float) -> None:
-        pass
-
-    def evaluated(self, epoch: int, accuracy: float) -> None:
         pass
 
     def task_evaluated(self, name: str, epoch: int, accuracy: float) -> None:
