@@ -223,7 +223,7 @@ def test_suite_commits_early_resumes_after_sigkill_and_matches_separate_runs(tmp
     # real weights: a random-init backbone's early gradients are float rounding noise, which no two batch
     # compositions compute alike
     common = ["--backbone", "tf_efficientnet_lite0", "--checkpoint", "packaged", "--image-size", "64"]
-    common += ["--workers", "0", "--epochs", "1", "--warmup-epochs", "0"]
+    common += ["--workers", "1", "--epochs", "1", "--warmup-epochs", "0"]  # the suite loads through one pool
     bank = tmp_path / "suite-bank"
     command = [sys.executable, "-m", "cli", "train", "--suite", str(suite), "--bank", str(bank), *common]
     victim = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -287,3 +287,51 @@ def test_train_suite_flags_are_checked_in_one_line(args: list[str], fragment: st
     assert result.returncode == 2, result.stderr[-1000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and fragment in errors[0], result.stderr[-1000:]
+
+
+def test_the_group_plan_is_each_tasks_own_run_from_its_position_until_its_last_step() -> None:
+    from adapterbank.training.batches import epoch_batches
+    from adapterbank.training.group_loader import Position, step_plan
+
+    def own_run(size: int, batch: int, seed: int, epoch: int, skip: int, steps: int) -> list[list[int]]:
+        batches = []
+        while len(batches) < skip + steps:
+            batches += epoch_batches(size, batch, epoch, seed)
+            epoch += 1
+        return batches[skip : skip + steps]
+
+    # a: 10 images in batches of 4 (3 steps an epoch), 7 steps from the start; b: resumed at epoch 1, batch 1
+    a = Position(slot=0, step=0, epoch=0, batch=0, total=7, per_epoch=3, size=10, batch_size=4, seed=3)
+    b = Position(slot=1, step=4, epoch=1, batch=1, total=8, per_epoch=3, size=5, batch_size=2, seed=9)
+    plan = list(step_plan([a, b], rank=0, world_size=1))
+    expect_a, expect_b = own_run(10, 4, 3, 0, 0, 7), own_run(5, 2, 9, 1, 1, 4)
+    assert len(plan) == 7
+    for step, keys in enumerate(plan):
+        want = [(0, step // 3, i) for i in expect_a[step]]
+        if step < 4:
+            want += [(1, 1 + (step + 1) // 3, i) for i in expect_b[step]]
+        assert keys == want, step
+    assert (a.step, b.step) == (0, 4)  # the plan advanced copies, not the caller's positions
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
+def test_the_group_loader_gives_each_task_its_own_runs_images_with_any_worker_count() -> None:
+    from torchvision import transforms
+
+    from adapterbank.data.images import ImageDataset
+    from adapterbank.training.batches import epoch_batches
+    from adapterbank.training.group_loader import Position, group_batches
+
+    photos = sorted((HYMENOPTERA / "train").rglob("*.jpg"))
+    augment = transforms.Compose([transforms.RandomResizedCrop(24), transforms.ToTensor()])
+    sets = [ImageDataset([(p, i % 2) for i, p in enumerate(photos[:12])], augment, seed=1),
+            ImageDataset([(p, i % 3) for i, p in enumerate(photos[12:20])], augment, seed=2)]  # fmt: skip
+    positions = [Position(0, 0, 0, 0, 4, 3, 12, 4, 1), Position(1, 0, 0, 0, 3, 2, 8, 4, 2)]
+    runs = {w: list(group_batches(sets, positions, w, seed=0, rank=0, world_size=1)) for w in (0, 2)}
+    assert [[slot for slot, _, _ in step] for step in runs[0]] == [[0, 1], [0, 1], [0, 1], [0]]
+    for one, other in zip(runs[0], runs[2], strict=True):
+        for (_, images, labels), (_, images2, labels2) in zip(one, other, strict=True):
+            assert torch.equal(images, images2) and torch.equal(labels, labels2)
+    # what its own run's loader draws: task 0's fourth step is its epoch 1, drawn as sample(index, 1)
+    [index] = epoch_batches(12, 4, 1, 1)[0][:1]
+    assert torch.equal(runs[2][3][0][1][0], sets[0].sample(index, 1)[0])

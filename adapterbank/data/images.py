@@ -132,11 +132,15 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.sample(index, self.epoch)
+
+    def sample(self, index: int, epoch: int) -> tuple[torch.Tensor, int]:
+        """Sample `index` as epoch `epoch` draws it (a loader of several epochs or datasets names the epoch)."""
         path, label = self.samples[index]
         image = load_rgb(path)
         if self.seed is None:
             return self.transform(image), label
-        with seeded(self.seed, self.epoch, index):
+        with seeded(self.seed, epoch, index):
             return self.transform(image), label
 
 

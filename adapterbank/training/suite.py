@@ -40,7 +40,7 @@ from adapterbank.bank.paths import regular_file
 from adapterbank.bank.store import Bank
 from adapterbank.bank.torch_bridge import commit, task_record
 from adapterbank.data import open_dataset
-from adapterbank.data.images import ImageDataset, loader_batches
+from adapterbank.data.images import ImageDataset
 from adapterbank.data.layouts import Dataset
 from adapterbank.errors import AdapterBankError
 from adapterbank.evaluation import eval_loader, evaluate
@@ -51,6 +51,7 @@ from adapterbank.training.batches import steps_per_epoch
 from adapterbank.training.devices import autocast, device_for
 from adapterbank.training.distributed import ProcessInfo, barrier
 from adapterbank.training.ema import TaskEma
+from adapterbank.training.group_loader import Position, TaskBatch, group_batches
 from adapterbank.training.objective import Objective
 from adapterbank.training.resume import RunFolder, load_point, save_point
 from adapterbank.training.schedule import Factor
@@ -64,7 +65,6 @@ from adapterbank.training.trainer import (
     TrainResult,
     averaged,
     deepspeed_engine,
-    epoch_loader,
     fresh_state,
     settings_lr_factor,
     train_in_process,
@@ -195,7 +195,6 @@ class GroupTask:
     per_epoch: int
     total: int
     state: dict[str, Any] = field(default_factory=dict)
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def active(self) -> bool:
@@ -219,8 +218,10 @@ class Group:
     runs: RunFolder
     rates: list[tuple[torch.nn.Parameter, bool, bool]]  # (parameter, is the head's, decays)
     checkpoint_every: int
+    workers: int  # one pool loads every task's batches (group_loader)
     started: float
     step: int = 0
+    batches: Iterator[list[TaskBatch]] | None = None
 
     def resume_key(self) -> dict[str, Any]:
         key = {"sampling": self.sampling, "tasks": [t.settings.resume_key() for t in self.tasks]}
@@ -246,6 +247,7 @@ def _train_group(
         group.engine.train()
         while any(t.active for t in group.tasks):
             _step(group)
+        group.batches = None  # its workers end with it
         if info.is_main:
             group.runs.clear()
     barrier()
@@ -319,6 +321,7 @@ def _set_up(
         runs=RunFolder(bank.path, run_name(settings)),
         rates=rates,
         checkpoint_every=min(every, default=0),
+        workers=max(s.num_workers for s in settings),
         started=time.perf_counter(),
     )
 
@@ -362,33 +365,40 @@ def _set_rates(group: Group) -> None:
         group.optimizer.set_rates(p, torch.tensor(lrs, dtype=torch.float64), torch.tensor(decay, dtype=torch.float64))
 
 
-def _next_batch(group: Group, task: GroupTask) -> tuple[torch.Tensor, torch.Tensor]:
-    if task.batches is None:
-        task.batches = iter(loader_batches(epoch_loader(task.train_set, task.settings, task.state, group.info)))
-    return next(task.batches)
+def _next_batches(group: Group, active: list[GroupTask]) -> list[TaskBatch]:
+    """This step's batch of every unfinished task, from the group's loader (started at the tasks' positions)."""
+    if group.batches is None:
+        positions = [
+            Position(t.slot, t.state["step"], t.state["epoch"], t.state["batch"], t.total, t.per_epoch,
+                     len(t.train_set), t.settings.batch_size, t.settings.seed)
+            for t in active
+        ]  # fmt: skip
+        first = group.tasks[0].settings
+        info = group.info
+        group.batches = group_batches([t.train_set for t in group.tasks], positions, group.workers, first.seed,
+                                      info.rank, info.world_size)  # fmt: skip
+    batches = next(group.batches)
+    if [slot for slot, _, _ in batches] != [t.slot for t in active]:
+        raise RuntimeError("the group's loader fell out of step with its tasks")
+    return batches
 
 
 def _step(group: Group) -> None:
-    """One optimizer step on a batch mixing every unfinished task's samples; then each task's bookkeeping."""
+    """One optimizer step on a batch holding every unfinished task's own batch; then each task's bookkeeping.
+    Each task's batch goes through the model alone (on a CPU five batches of 32 run 1.4x faster than one of 160;
+    BatchNorm is frozen, so the result is the mixed batch's) and one backward takes the sum of their losses."""
     tick = time.perf_counter()
     active = [t for t in group.tasks if t.active]
     _set_rates(group)
-    inputs, targets, labels, slots = [], [], [], []
-    for task in active:
-        images, task_labels = _next_batch(group, task)
-        mixed, task_targets = task.objective.prepare(images.to(group.device), task_labels.to(group.device))
-        inputs.append(mixed)
-        targets.append(task_targets)
-        labels.append(task_labels)
-        slots.append(torch.full((len(images),), task.slot, dtype=torch.long))
-    with autocast(group.device):
-        logits = group.engine(torch.cat(inputs), torch.cat(slots).to(group.device))
-    loss, correct, start = 0.0, 0, 0
-    for task, task_targets, task_labels in zip(active, targets, labels, strict=True):
-        rows = logits[start : start + len(task_labels), : group.model.num_classes[task.slot]]
-        start += len(task_labels)
+    loss, correct, labels = 0.0, 0, []
+    for task, (_, images, task_labels) in zip(active, _next_batches(group, active), strict=True):
+        inputs, task_targets = task.objective.prepare(images.to(group.device), task_labels.to(group.device))
+        slots = torch.full((len(images),), task.slot, dtype=torch.long, device=group.device)
+        with autocast(group.device):
+            rows = group.engine(inputs, slots)[:, : group.model.num_classes[task.slot]]
         loss = loss + task.objective.loss(rows, task_targets)  # each task's mean: its own run's gradient
         correct += int((rows.argmax(-1).cpu() == task_labels).sum())
+        labels.append(task_labels)
     group.engine.backward(loss)
     group.engine.step()
     group.step += 1
@@ -415,7 +425,6 @@ def _end_epoch(group: Group, task: GroupTask) -> None:
     state = task.state
     state["epoch"] += 1
     state["batch"] = 0
-    task.batches = None
     last = state["step"] >= task.total
     if group.info.is_main and (last or state["epoch"] % task.settings.eval_every == 0):
         with averaged(group.ema):
