@@ -1,4 +1,4 @@
-"""One task, one answer: every method x {a ViT, a CNN} x {default size, another size}, on real photographs.
+"""One task, one answer: every method, on a ViT at another size or a CNN at its own, on real photographs.
 
 For each bank: `eval` (evaluate_task), `predict --backend torch`, `predict --backend onnx`, every exported per-task
 graph (verified with --verify-data) and the stacked graphs ONNXRuntime serves from (fed the task's tensors from the
@@ -49,10 +49,14 @@ OPTIONS = {
     "prompt": {"length": 2},
     "utuning": {"prefix_length": 2, "prompt_length": 2, "adapter_dim": 4},
 }
-# (backbone, size): the ViT at another size than its pretrained one (position embeddings resampled) with another
-# mean/std, a resize + centre crop and bilinear interpolation; the CNN at its pretrained size with its own
-# preprocessing and a direct resize. Every method is exported in each case.
-CASES = [(VIT, 96), (CNN, 160)]
+# (backbone, size, methods): the ViT at another size than its pretrained one (position embeddings resampled) with
+# another mean/std, a resize + centre crop and bilinear interpolation; the CNN at its pretrained size with its own
+# preprocessing and a direct resize. Every method is in one case (SSF in both): the promise is of the serving paths
+# and the preprocessing, which no method changes; how each method merges on every family is tests/test_export.py's.
+CASES = [
+    (VIT, 96, ("full", "ssf", "snell", *ATTENTION_ONLY)),
+    (CNN, 160, ("linear", "bitfit", "ssf", "lora", "adapter")),
+]
 
 
 @pytest.fixture(scope="module")
@@ -182,10 +186,18 @@ def agree(a: np.ndarray, b: np.ndarray, truth: np.ndarray, what: str) -> None:
     assert abs((a == truth).mean() - (b == truth).mean()) <= 0.005, what
 
 
-@pytest.mark.parametrize(("arch", "size"), CASES)
-def test_every_serving_path_answers_as_eval(arch: str, size: int, photos: Path, tmp_path: Path) -> None:
+def test_every_method_is_in_a_case() -> None:
+    from adapterbank.methods import METHODS as REGISTERED
+
+    assert sorted({m for _, _, methods in CASES for m in methods}) == sorted(REGISTERED)
+
+
+@pytest.mark.parametrize(("arch", "size", "methods"), CASES, ids=[arch for arch, _, _ in CASES])
+def test_every_serving_path_answers_as_eval(
+    arch: str, size: int, methods: tuple[str, ...], photos: Path, tmp_path: Path
+) -> None:
     names = (photos / "classes.txt").read_text().split()
-    bank, contract = build_bank(tmp_path, arch, size, names, photos)
+    bank, contract = build_bank(tmp_path, arch, size, names, photos, methods)
     lines = (photos / "test.txt").read_text().splitlines()
     paths = [photos / line.rsplit(" ", 1)[0] for line in lines]
     truth = np.array([int(line.rsplit(" ", 1)[1]) for line in lines])

@@ -140,14 +140,17 @@ def test_slot_adamw_steps_each_slot_as_adamw_at_its_own_rates_and_leaves_lr_zero
     optimizer.set_rates(stacked, lrs, decays)
     alone = [torch.nn.Parameter(start[i].clone()) for i in range(3)]
     references = [torch.optim.AdamW([alone[i]], lr=float(lrs[i]), weight_decay=float(decays[i])) for i in (0, 2)]
-    for _ in range(5):
+    for _ in range(50):
         grad = torch.randn(3, 4, 5)
         stacked.grad = grad.clone()
         optimizer.step()
         for i, reference in zip((0, 2), references, strict=True):
             alone[i].grad = grad[i].clone()
             reference.step()
-    assert torch.allclose(stacked[0], alone[0], atol=1e-6) and torch.allclose(stacked[2], alone[2], atol=1e-6)
+    # to the rounding of the values themselves (stepping them at lr 1 and subtracting was 20x off)
+    assert torch.allclose(stacked[0], alone[0], atol=1e-7, rtol=0) and torch.allclose(
+        stacked[2], alone[2], atol=1e-7, rtol=0
+    )
     assert torch.equal(stacked[1], start[1])
     assert not torch.allclose(stacked[0], start[0])
     with pytest.raises(ValueError, match="stack 3 task slots"):
