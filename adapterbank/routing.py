@@ -2,6 +2,9 @@
 
 A mixed batch carries one task index per image. Inside the network a module may see more rows than images
 (Swin folds windows into the batch dimension, image-major), so indices are expanded to the rows each module sees.
+A batch of one task is routed as that task alone: modules then use its slot directly, as a one-task model does,
+instead of gathering a copy of its tensors for every row (the gathers and their backward scatters made a suite's
+one-task batches slower than separate runs).
 """
 
 from __future__ import annotations
@@ -18,18 +21,20 @@ class TaskRouter:
     def __init__(self, num_tasks: int) -> None:
         self.num_tasks = num_tasks
         self._task_ids: torch.Tensor | None = None
+        self.task = 0  # the task of every sample while `rows` is None
 
     @contextmanager
-    def route(self, task_ids: torch.Tensor | None) -> Iterator[None]:
-        """Route one forward pass; `None` means every sample belongs to task 0 (single-task models)."""
-        previous, self._task_ids = self._task_ids, task_ids
+    def route(self, task_ids: torch.Tensor | None, task: int = 0) -> Iterator[None]:
+        """Route one forward pass: a task index per sample, or None when every sample belongs to `task`."""
+        previous = self._task_ids, self.task
+        self._task_ids, self.task = task_ids, task
         try:
             yield
         finally:
-            self._task_ids = previous
+            self._task_ids, self.task = previous
 
     def rows(self, n_rows: int) -> torch.Tensor | None:
-        """Task index of each of `n_rows` leading rows, or None when the whole batch is task 0."""
+        """Task index of each of `n_rows` leading rows, or None when the whole batch is task `self.task`."""
         ids = self._task_ids
         if ids is None:
             return None
@@ -41,9 +46,9 @@ class TaskRouter:
         return ids.repeat_interleave(n_rows // n_images)
 
 
-def gather_per_row(values: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    """values: (tasks, ...) -> (...) for a single-task batch, or (rows, ...) gathered per row."""
-    return values[0] if rows is None else values.index_select(0, rows)
+def gather_per_row(values: torch.Tensor, rows: torch.Tensor | None, task: int) -> torch.Tensor:
+    """values: (tasks, ...) -> task `task`'s (...) for a one-task batch, or (rows, ...) gathered per row."""
+    return values[task] if rows is None else values.index_select(0, rows)
 
 
 def broadcast_channels(per_channel: torch.Tensor, like: torch.Tensor, channel_dim: int, per_row: bool) -> torch.Tensor:

@@ -68,19 +68,21 @@ class TunedModel(nn.Module):
         return len(self.num_classes)
 
     def forward(self, images: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """A batch whose samples are all of one task runs as that task alone (its slot, no per-row gathers)."""
+        task = 0
         if task_ids is not None:
             task_ids = task_ids.to(device=images.device, dtype=torch.long).reshape(-1)
             if task_ids.shape[0] != images.shape[0]:
                 raise AdapterBankError(f"{images.shape[0]} images but {task_ids.shape[0]} task ids")
-            if (
-                not torch.jit.is_tracing()
-                and task_ids.numel()
-                and not (int(task_ids.min()) >= 0 and int(task_ids.max()) < self.num_tasks)
-            ):
-                raise AdapterBankError(f"task ids must be in [0, {self.num_tasks}), got {task_ids.tolist()}")
+            if not torch.jit.is_tracing() and task_ids.numel():
+                low, high = (int(v) for v in task_ids.aminmax())
+                if not (low >= 0 and high < self.num_tasks):
+                    raise AdapterBankError(f"task ids must be in [0, {self.num_tasks}), got {task_ids.tolist()}")
+                if low == high:
+                    task_ids, task = None, low
         elif self.num_tasks > 1:
             raise AdapterBankError(f"this model holds {self.num_tasks} tasks: pass task_ids")
-        with self.router.route(task_ids):
+        with self.router.route(task_ids, task):
             return self.model(images)
 
     def resize_slots(self, keep: Sequence[int], capacity: int, max_classes: int | None = None) -> None:

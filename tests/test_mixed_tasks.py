@@ -9,6 +9,7 @@ import torch
 
 from adapterbank import AdapterBankError, TunedModel, create_backbone, tune
 from adapterbank.inspection import perturb_task_parameters
+from adapterbank.method_names import METHOD_NAMES
 from tests.helpers import FAMILIES, MERGEABLE, assert_close_relative, images
 
 CLASSES = [5, 3, 7]
@@ -105,3 +106,30 @@ def test_folded_task_affine_matches_the_plain_composition(method: str, kind: str
     assert torch.allclose(folded, plain, atol=1e-5, rtol=1e-5) and torch.allclose(in_place, plain, atol=1e-5)
     for got, want in zip(grads, expected, strict=True):
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+ONE_TASK_CASES = [("vit_tiny_patch16_224", m) for m in sorted(set(METHOD_NAMES) - {"full"})] + [
+    ("convnext_atto", m) for m in ("lora", "ssf", "snell", "adapter")
+]
+
+
+@pytest.mark.parametrize(("arch", "method"), ONE_TASK_CASES)
+def test_a_one_task_batch_runs_as_its_slot_alone_with_the_gradients_of_the_mixed_path(arch: str, method: str) -> None:
+    """A batch of one task's samples takes that slot's tensors directly (no per-row gathers): the same logits and the
+    same gradients as routing it row by row, and no gradient reaches another task's slot."""
+    model = tune(arch, method, CLASSES).eval()  # no dropout draws: the two paths see the same computation
+    perturb_task_parameters(model, std=0.05)
+    params = [p for p in model.parameters() if p.requires_grad]
+    x, task = images(3), 2
+    ids = torch.full((3,), task)
+    fast = model(x, ids)
+    assert model.router.rows(3) is None and fast.shape == (3, CLASSES[task])
+    fast_grads = torch.autograd.grad(fast.square().sum(), params)
+    with model.router.route(ids):  # the mixed path, forced
+        routed = model.model(x)[:, : CLASSES[task]]
+    routed_grads = torch.autograd.grad(routed.square().sum(), params)
+    assert_close_relative(fast, routed)
+    for p, got, want in zip(params, fast_grads, routed_grads, strict=True):
+        assert_close_relative(got, want, tol=1e-4)
+        if p.ndim and p.shape[0] == len(CLASSES):  # stacked per task: the others' slots stay untouched
+            assert not got[:task].any() and got[task].any()

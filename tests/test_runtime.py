@@ -154,7 +154,7 @@ def test_new_tasks_serve_at_once_and_reload_sees_replaced_and_removed_ones(bank:
         | {k: v for k, v in late.state(0).items() if k != "head.fc.weight"}
     )
     commit(bank, task_record(late, "late"))  # replaced while resident: served as read until reload()
-    assert torch.equal(runtime.predict(x[:1], ["late"])[0], first[0])
+    assert_close_relative(runtime.predict(x[:1], ["late"])[0], first[0])  # one task alone: its slot, not gathers
     runtime.reload()
     replaced = runtime.predict(x[:1], ["late"])[0]
     assert not torch.allclose(replaced, first[0]) and torch.allclose(replaced[None], merged_alone(bank, "late", x[:1]))

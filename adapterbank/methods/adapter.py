@@ -55,8 +55,9 @@ class ParallelAdapter(TaskModule):
         h = x.movedim(1, -1) if self.channel_dim == 1 else x
         rows = self.router.rows(x.shape[0])
         if rows is None:
-            z = F.linear(F.gelu(F.linear(h, self.adapter_down[0], self.adapter_down_bias[0])), self.adapter_up[0])
-            z = z + self.adapter_up_bias[0]
+            t = self.router.task
+            z = F.linear(F.gelu(F.linear(h, self.adapter_down[t], self.adapter_down_bias[t])), self.adapter_up[t])
+            z = z + self.adapter_up_bias[t]
         else:
             flat = h.reshape(h.shape[0], -1, h.shape[-1])
             down = self.adapter_down.index_select(0, rows).transpose(1, 2)

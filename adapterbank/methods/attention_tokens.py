@@ -49,17 +49,18 @@ class ExtendedAttention(TaskModule):
         """(..., L, attn_dim) -> (..., heads, L, head_dim)."""
         return tokens.unflatten(-1, (self.num_heads, self.head_dim)).transpose(-3, -2)
 
-    def task_keys_values(self, single: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Extra keys and values of every task (or of task 0 only): (tasks, heads, L, head_dim) each."""
+    def task_keys_values(self, task: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Extra keys and values of every task (or of task `task` only): (tasks or 1, heads, L, head_dim) each."""
         keys, values = [], []
+        one = slice(None) if task is None else slice(task, task + 1)
         if hasattr(self, "prompt"):
-            prompt = self.prompt[:1] if single else self.prompt
+            prompt = self.prompt[one]
             _, k, v = self.base.qkv(self.token_norm(prompt)).chunk(3, dim=-1)
             keys.append(self.base.k_norm(self._heads(k)) if hasattr(self.base, "k_norm") else self._heads(k))
             values.append(self._heads(v))
         if hasattr(self, "prefix_key"):
-            keys.append(self._heads(self.prefix_key[:1] if single else self.prefix_key))
-            values.append(self._heads(self.prefix_value[:1] if single else self.prefix_value))
+            keys.append(self._heads(self.prefix_key[one]))
+            values.append(self._heads(self.prefix_value[one]))
         return torch.cat(keys, dim=-2), torch.cat(values, dim=-2)
 
     def base_bias(self, x: torch.Tensor, attn_mask: torch.Tensor | None, mask: torch.Tensor | None):
@@ -88,8 +89,8 @@ class ExtendedAttention(TaskModule):
         q, k, v = self.base.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = (self.base.q_norm(q), self.base.k_norm(k)) if hasattr(self.base, "q_norm") else (q, k)
         rows = self.router.rows(b)
-        extra_k, extra_v = self.task_keys_values(single=rows is None)
-        extra_k, extra_v = gather_per_row(extra_k, rows), gather_per_row(extra_v, rows)
+        extra_k, extra_v = self.task_keys_values(self.router.task if rows is None else None)
+        extra_k, extra_v = gather_per_row(extra_k, rows, 0), gather_per_row(extra_v, rows, 0)
         k = torch.cat([k, extra_k.expand(b, -1, -1, -1)], dim=-2)
         v = torch.cat([v, extra_v.expand(b, -1, -1, -1)], dim=-2)
         bias = self.base_bias(x, attn_mask, mask)

@@ -31,7 +31,8 @@ class ChannelwiseModule(TaskModule):
     def per_channel(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """(tasks, C) -> broadcastable against `like`, per sample when the batch mixes tasks."""
         rows = self.router.rows(like.shape[0])
-        return broadcast_channels(gather_per_row(values, rows), like, self.channel_dim, rows is not None)
+        per_task = gather_per_row(values, rows, self.router.task)
+        return broadcast_channels(per_task, like, self.channel_dim, rows is not None)
 
     def task_affine(self) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(scale or None, shift), each (tasks, C): how every task changes the frozen module's output."""

@@ -55,8 +55,9 @@ class TaskHead(TaskModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = self.router.rows(x.shape[0])
         if rows is None:
-            c = self.num_classes[0]
-            return F.linear(x, self.weight[0, :c], self.bias[0, :c])
+            task = self.router.task
+            c = self.num_classes[task]
+            return F.linear(x, self.weight[task, :c], self.bias[task, :c])
         logits = torch.einsum("bd,bcd->bc", x, self.weight.index_select(0, rows)) + self.bias.index_select(0, rows)
         return logits.masked_fill(~self.valid.index_select(0, rows), float("-inf"))
 

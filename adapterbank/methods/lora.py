@@ -62,10 +62,12 @@ class LowRankDelta(PointwiseDelta):
     def _factors(self, rows: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row: A as (splits * r, in) and scale * B as (out, splits * r), block-diagonal over the splits (q, k, v
         each see only their own r columns)."""
-        a, b = (self.lora_A[:1], self.lora_B[:1]) if rows is None else (self.lora_A, self.lora_B)
-        if rows is not None:
+        if rows is None:
+            one = slice(self.router.task, self.router.task + 1)
+            a, b = self.lora_A[one], self.lora_B[one]
+        else:
             tasks, rows = rows.unique(return_inverse=True)
-            a, b = a.index_select(0, tasks), b.index_select(0, tasks)
+            a, b = self.lora_A.index_select(0, tasks), self.lora_B.index_select(0, tasks)
         t, s, m, r = b.shape
         up = torch.einsum("tsmr,sq->tsmqr", b * self.scale, torch.eye(s, dtype=b.dtype, device=b.device))
         down, up = a.reshape(t, s * r, -1), up.reshape(t, s * m, s * r)

@@ -244,14 +244,15 @@ class KernelSparseDelta(PointwiseDelta):
         )
         if not fused:
             return super().forward(x)
-        args = (x, self.snell_A[0], self.snell_B[0], self.alpha, self.sparsity, self.soft, 0.0)
+        task = self.router.task
+        args = (x, self.snell_A[task], self.snell_B[task], self.alpha, self.sparsity, self.soft, 0.0)
         return SparseKernelBranch.apply(*args, self.base.weight, self.base.bias)
 
     def _serve_merged(self, x: torch.Tensor) -> torch.Tensor:
         """One product per task group with W0 + dW_t from the cache: the FLOPs of the plain backbone, where adding
         x @ dW_t beside the shared base product doubles them (the delta is full rank)."""
         rows = self.router.rows(x.shape[0])
-        tasks = [0] if rows is None else rows.unique().tolist()
+        tasks = [self.router.task] if rows is None else rows.unique().tolist()
         if len(tasks) == 1:
             return self.merged_forward(x, self._cached_merged_weight(tasks[0]))
         out: torch.Tensor | None = None
@@ -272,7 +273,7 @@ class KernelSparseDelta(PointwiseDelta):
 
     def delta(self, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         if rows is None:
-            out = self._task_delta(x, 0)
+            out = self._task_delta(x, self.router.task)
         else:
             out = x.new_zeros(*x.shape[:-1], self.splits * self.block_out)
             for task in rows.unique().tolist():
