@@ -3,8 +3,8 @@
 A mixed batch carries one task index per image. Inside the network a module may see more rows than images
 (Swin folds windows into the batch dimension, image-major), so indices are expanded to the rows each module sees.
 A batch of one task is routed as that task alone: modules then use its slot directly, as a one-task model does,
-instead of gathering a copy of its tensors for every row (the gathers and their backward scatters made a suite's
-one-task batches slower than separate runs).
+instead of gathering a copy of its tensors for every row and scattering their gradients back (work and memory a
+suite's per-task batches and a runtime's one-task batches do not need).
 """
 
 from __future__ import annotations
