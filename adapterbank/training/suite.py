@@ -1,7 +1,8 @@
 """Many tasks in one DeepSpeed job (`adapterbank train --suite`): tasks that can share a model train together.
 
 Tasks whose method, method options, image size, drop-path rate and EMA agree form a group: one model holds them
-all in its task slots, and every step's batch mixes their samples (the mixed-task forward). Each task keeps what
+all in its task slots, and every step takes a batch of each of them (each through its own slot, one backward of
+the summed losses, one optimizer step). Each task keeps what
 a run of its own has: its data order and augmentation (its seed), its slot's initial values (drawn as its own run
 draws them), its loss (the mean over its own samples, so its gradient is the one its own run computes), its
 learning rates, weight decay and schedule (SlotAdamW), its evaluations, and its commit to the bank as soon as it
