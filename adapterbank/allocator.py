@@ -4,7 +4,7 @@ glibc hands large freed blocks straight back to the OS (its mmap threshold and h
 tensor of the next forward page-faults its memory in again. Measured on the 2-core VM: batch-64
 EfficientNet-Lite0 inference ran 28 img/s by default and 81 img/s with freed memory kept (batches of 8, whose
 tensors stay under the threshold, ran 51 and 87). The CLI's serving and throughput commands own their process and
-turn this on (through `adapterbank.process.serving_process`); a library never changes its host's allocator on its
+turn this on (through `adapterbank.process.kept_heap`); a library never changes its host's allocator on its
 own.
 """
 

@@ -6,8 +6,9 @@ generators in it. On exit it puts back the environment, the logger levels, every
 CUDA device, and destroys a process group it started, so that a library call (or a test) leaves its process as it
 found it. Modules imported on the way stay imported, DeepSpeed with the accelerator it picked among them.
 
-`serving_process` keeps freed memory in the heap (glibc mallopt, `allocator`) for commands that answer batch after
-batch. glibc has no way back, so only CLI commands that own their process enter it; the library never does.
+`kept_heap` keeps freed memory in the heap (glibc mallopt, `allocator`) for commands that run the same shapes batch
+after batch (serving, training). glibc has no way back, so only CLI commands that own their process enter it; the
+library never does.
 """
 
 from __future__ import annotations
@@ -71,9 +72,9 @@ def training_process() -> Iterator[ProcessInfo]:
 
 
 @contextlib.contextmanager
-def serving_process() -> Iterator[bool]:
-    """Freed memory kept in the heap for repeated inference; yields whether it took (False without glibc). Not
-    undone on exit: enter it only in a command that owns its process."""
+def kept_heap() -> Iterator[bool]:
+    """Freed memory kept in the heap for repeated batches of one shape (inference, training steps); yields whether it
+    took (False without glibc). Not undone on exit: enter it only in a command that owns its process."""
     yield keep_freed_memory()
 
 

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from cli.output import console
+from cli.ownership import owned_heap
 
 app = typer.Typer(help="Benchmarks measured side by side in one run.", no_args_is_help=True, rich_markup_mode=None)
 
@@ -260,6 +261,7 @@ def http(
 
 @app.command("serve")
 def serve(
+    ctx: typer.Context,
     backbone: str = typer.Option("vit_base_patch16_224"),
     methods: str = typer.Option("ssf,bitfit,lora,snell,adapter", help="Add utuning, prefix, prompt on ViT/Swin."),
     tasks: int = typer.Option(8, min=2, help="Tasks the mixed batch is spread over."),
@@ -271,10 +273,9 @@ def serve(
 ) -> None:
     """Mixed-task batch throughput against single-task merged weights, the naive loop, and PEFT; memory."""
     from adapterbank.benchmarks.serve import serve_benchmark
-    from adapterbank.process import serving_process
 
     names = [m for m in methods.split(",") if m]
-    with serving_process() as kept:
+    with owned_heap(ctx) as kept:
         rows, memory = serve_benchmark(
             backbone, names, tasks, batch, rounds, resident, snell_cache_bytes=snell_cache_mb << 20, size=image_size
         )
@@ -321,6 +322,7 @@ def register(root: typer.Typer) -> None:
 
 @app.command("scale")
 def scale(
+    ctx: typer.Context,
     tasks: str = typer.Option("100,1000,10000", help="Bank sizes (tasks stored), filled in steps."),
     backbone: str = typer.Option("tf_efficientnet_lite0"),
     methods: str = typer.Option("ssf,lora,snell"),
@@ -334,12 +336,11 @@ def scale(
 
     from adapterbank.benchmarks.scale import RESIDENT, scale_benchmark
     from adapterbank.methods import get_method
-    from adapterbank.process import serving_process
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for name in names:
         get_method(name)
-    with serving_process():  # as predict serves
+    with owned_heap(ctx):  # as predict serves
         rows = scale_benchmark(backbone, names, _ints(tasks), batch, largest={"snell": snell_largest}, folder=folder)
     if as_json:
         typer.echo(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))

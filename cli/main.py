@@ -17,6 +17,7 @@ from cli import (
     serve_commands,
     train_commands,
 )
+from cli.ownership import root_object
 
 app = typer.Typer(
     name="adapterbank",
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        result = app(args=args, prog_name="adapterbank", standalone_mode=False)
+        result = app(args=args, prog_name="adapterbank", standalone_mode=False, obj=root_object(argv is None))
     except USAGE_ERRORS as exc:  # bad option value, unknown option, missing argument
         if debug:
             raise

@@ -13,6 +13,7 @@ from rich.progress import Progress
 from adapterbank.atomic_files import publish, temporary_path
 from adapterbank.errors import AdapterBankError
 from cli.output import console
+from cli.ownership import owned_heap
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -24,6 +25,7 @@ COLUMNS = ["path", "task", "label", "class_name", "score", "error"]
 
 
 def predict(
+    ctx: typer.Context,
     requests: Path = typer.Argument(..., help="CSV with 'path,task' rows (paths relative to the CSV's folder)."),
     bank: Path = typer.Option(Path("bank"), "--bank", help="Bank folder."),
     out: Path | None = typer.Option(None, "--out", help="Output CSV (default: standard output)."),
@@ -47,8 +49,6 @@ def predict(
     actor_gpus: float = typer.Option(0.0, "--actor-gpus", min=0.0, help="--engine ray: GPUs per runtime."),
 ) -> None:
     """Predict a batch stream mixing many tasks; rows come back in input order. Exit 1 if any row failed."""
-    from adapterbank.process import serving_process
-
     hot = [name.strip() for name in preload.split(",") if name.strip()]
     cache = task_cache_mb << 20 if task_cache_mb is not None else None
     if engine not in ("local", "ray"):
@@ -61,7 +61,7 @@ def predict(
         from adapterbank.service.batch_job import RayJob
 
         ray_job = RayJob(address, ray_actors, actor_cpus, actor_gpus)
-    with serving_process():  # this process serves batch after batch: reuse their memory instead of faulting it in
+    with owned_heap(ctx):  # this process serves batch after batch: reuse their memory instead of faulting it in
         _predict(requests, bank, out, backend, batch_size, top_k, snell_cache_mb, cache, hot, ray_job)
 
 

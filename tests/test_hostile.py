@@ -244,7 +244,7 @@ def test_bank_ls_and_predict_list_and_isolate_a_broken_task(fuzz_bank: Path, tmp
     assert rows["victim"]["method"] == "BAD" and rows["good_ssf"]["method"] == "ssf"
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "x.png")
     (tmp_path / "req.csv").write_text("\ufeffpath,task\nx.png,good_ssf\nx.png,victim\nx.png,good_lora\n")  # Excel BOM
-    out = run_cli("predict", str(tmp_path / "req.csv"), "--bank", str(bank_dir))
+    out = cli_in_process("predict", str(tmp_path / "req.csv"), "--bank", str(bank_dir))
     assert out.returncode == 1  # one row failed; the others are answered
     answered = [line.split(",") for line in out.stdout.strip().splitlines()[1:]]
     assert [row[1] for row in answered] == ["good_ssf", "victim", "good_lora"]
@@ -301,7 +301,7 @@ def test_verify_checks_the_backbone_file_and_the_graph_cache(fuzz_bank: Path, tm
     (bank_dir / "backbone.safetensors").write_bytes(b"\xff" * 8 + b"{not json")  # a corrupt header
     (tmp_path / "req.csv").write_text("x.png,good_ssf\n")
     assert "backbone.safetensors" in one_line_error(
-        run_cli("predict", str(tmp_path / "req.csv"), "--bank", str(bank_dir))
+        cli_in_process("predict", str(tmp_path / "req.csv"), "--bank", str(bank_dir))
     )
 
 
@@ -325,7 +325,7 @@ def test_predict_out_is_whole_or_absent(fuzz_bank: Path, tmp_path: Path) -> None
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "x.png")
     (tmp_path / "req.csv").write_text("".join("x.png,good_ssf\n" for _ in range(20000)))
     assert "must name a file" in one_line_error(
-        run_cli("predict", str(tmp_path / "req.csv"), "--bank", str(fuzz_bank), "--out", str(tmp_path))
+        cli_in_process("predict", str(tmp_path / "req.csv"), "--bank", str(fuzz_bank), "--out", str(tmp_path))
     )
     out = tmp_path / "answers.csv"
     child = subprocess.Popen(
@@ -537,4 +537,6 @@ def test_verify_prunes_graphs_of_replaced_tasks(fuzz_bank: Path, tmp_path: Path)
 
 def test_a_binary_request_file_is_one_line(fuzz_bank: Path, tmp_path: Path) -> None:
     (tmp_path / "req.csv").write_bytes(bytes(range(256)) * 4)
-    assert "not a UTF-8 CSV" in one_line_error(run_cli("predict", str(tmp_path / "req.csv"), "--bank", str(fuzz_bank)))
+    assert "not a UTF-8 CSV" in one_line_error(
+        cli_in_process("predict", str(tmp_path / "req.csv"), "--bank", str(fuzz_bank))
+    )

@@ -125,6 +125,16 @@ def test_bench_serve_runs() -> None:
     )
     assert result.returncode == 0, result.stderr[-1500:]
     assert "mixed / single" in result.stdout and "extra / task tensors" in result.stdout
+    assert "freed memory kept in the heap" in " ".join(result.stdout.split())  # `adapterbank` owns its process
+
+
+@pytest.mark.slow
+def test_a_cli_called_in_a_host_process_leaves_its_allocator_alone() -> None:
+    """main(argv), as a program or a test calls it, does not own the process: no mallopt (cli/ownership.py)."""
+    args = ["--backbone", "convnext_atto", "--methods", "ssf", "--tasks", "2", "--batch", "2", "--rounds", "1"]
+    result = cli_in_process("bench", "serve", *args, "--resident", "0", "--image-size", "32")
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert "default allocator" in " ".join(result.stdout.split())
 
 
 @pytest.mark.slow

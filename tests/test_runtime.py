@@ -194,14 +194,14 @@ import sys
 import torch
 
 from adapterbank.bank.store import Bank
-from adapterbank.process import serving_process
+from adapterbank.process import kept_heap
 from adapterbank.runtime import TorchRuntime
 from tests.helpers import images
 
 runtime = TorchRuntime(Bank(sys.argv[1]), tasks=["f1", "l1"])
 x = images(2, seed=9)
 before = runtime.predict(x, ["f1", "l1"])
-with serving_process() as kept:
+with kept_heap() as kept:
     assert kept is True
     after = runtime.predict(x, ["f1", "l1"])
 assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
