@@ -29,10 +29,14 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Test modules run in parallel processes, one module per process (its fixtures built once), at most 4; the Ray
+# tests share one module so two Rays never start at once (docs/testing.md).
+PARALLEL ?= -n auto --maxprocesses 4 --dist loadfile
+
 # The full suite: what CI runs.
 test: lint
-	$(PYTEST)
+	$(PYTEST) $(PARALLEL)
 
 # Every module, without the tests marked slow (minutes of exports or training).
 test-fast: lint
-	$(PYTEST) -m "not slow"
+	$(PYTEST) $(PARALLEL) -m "not slow"

@@ -13,6 +13,13 @@ import torch
 # processes the tests start too
 os.environ.setdefault("ADAPTERBANK_CACHE", tempfile.mkdtemp(prefix="adapterbank-cache-"))
 
+# parallel test processes (pytest -n N, one module per process: docs/testing.md) share the cores, and so do the CLI
+# processes they start: N processes of all cores' threads each would fight over them
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:

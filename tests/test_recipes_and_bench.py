@@ -137,21 +137,6 @@ def test_a_cli_called_in_a_host_process_leaves_its_allocator_alone() -> None:
     assert "default allocator" in " ".join(result.stdout.split())
 
 
-@pytest.mark.slow
-def test_bench_http_runs() -> None:
-    """Both modes on a real local Ray, side by side, and the Markdown rows the README's table is made of."""
-    args = ["bench", "http", "--backbone", "convnext_atto", "--checkpoint", "none", "--tasks", "2"]
-    result = run_cli(*args, "--clients", "1,3", "--seconds", "1", "--image-size", "32", "--markdown")
-    assert result.returncode == 0, result.stderr[-1500:]
-    rows = [
-        line.split("|")[1:-1]
-        for line in result.stdout.splitlines()
-        if line.startswith("| 1 ") or line.startswith("| 3 ")
-    ]
-    assert [int(r[0]) for r in rows] == [1, 3]
-    assert all(float(r[1]) > 0 and float(r[2]) > 0 and r[3].strip().endswith("x") for r in rows)
-
-
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
 @pytest.mark.slow
 def test_bench_accuracy_trains_then_reuses_identical_runs(tmp_path: Path) -> None:

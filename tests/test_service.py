@@ -1,6 +1,7 @@
 """`adapterbank serve` and `predict --engine ray` on a real local Ray: concurrent HTTP clients of several tasks and
 methods get what `predict` answers, bad requests get a 4xx without disturbing the others, a commit is served without
-a restart, and nothing is left running afterwards."""
+a restart, and nothing is left running afterwards; `bench http` on the same. Every test that starts a Ray is in this
+module, so that parallel test processes (one module each) never start two at once."""
 
 from __future__ import annotations
 
@@ -321,3 +322,18 @@ def test_predict_on_ray_equals_local_predict(tmp_path: Path, photos: list[Path])
         np.testing.assert_allclose(ray_scores, local_scores, atol=1e-5)
     assert [row["task"] for row in outputs["ray"]] == [row.split(",")[1] for row in rows]
     assert_ray_gone(before)
+
+
+@pytest.mark.slow
+def test_bench_http_runs() -> None:
+    """Both modes on a real local Ray, side by side, and the Markdown rows the README's table is made of."""
+    args = ["bench", "http", "--backbone", "convnext_atto", "--checkpoint", "none", "--tasks", "2"]
+    result = run_cli(*args, "--clients", "1,3", "--seconds", "1", "--image-size", "32", "--markdown")
+    assert result.returncode == 0, result.stderr[-1500:]
+    rows = [
+        line.split("|")[1:-1]
+        for line in result.stdout.splitlines()
+        if line.startswith("| 1 ") or line.startswith("| 3 ")
+    ]
+    assert [int(r[0]) for r in rows] == [1, 3]
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 and r[3].strip().endswith("x") for r in rows)

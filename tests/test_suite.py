@@ -270,10 +270,16 @@ def test_suite_commits_early_resumes_after_sigkill_and_matches_separate_runs(tmp
         initial = _initial(separate, name, seed)
         in_suite = _change(opened.load(name), initial)
         own = _change(Bank(separate).load(name), initial)
+        # Adam's normalisation turns float-rounding differences of near-zero gradients into sign noise that grows
+        # with the steps: pneu-ssf's 14 steps moved 2.0% apart on 2 threads and 4.2% on 1 (the largest tensor 4.3%
+        # and 5.1%, bit for bit the same with one backward of the summed losses); another task's slot or lr is off
+        # by about its whole change
+        whole = torch.cat([v.flatten() for v in own.values()])
+        gap = (torch.cat([in_suite[k].flatten() for k in own]) - whole).norm() / whole.norm()
+        assert gap < 0.05, (name, float(gap))
         for key, moved in own.items():
             assert moved.abs().max() > 0, (name, key)  # every tensor trained
-            gap = (in_suite[key] - moved).norm() / moved.norm()
-            assert gap < 0.05, (name, key, float(gap))  # Adam's sign noise on near-zero gradients, nothing more
+            assert (in_suite[key] - moved).norm() / moved.norm() < 0.1, (name, key)
         assert opened.load(name).metrics["n"] == Bank(separate).load(name).metrics["n"]
 
 
