@@ -386,14 +386,12 @@ def _next_batches(group: Group, active: list[GroupTask]) -> list[TaskBatch]:
 def _step(group: Group) -> None:
     """One optimizer step on every unfinished task's own batch; then each task's bookkeeping. Each task's batch
     goes through the model alone and back (its slot; BatchNorm is frozen, so the result is the mixed batch's), the
-    gradients adding up in the slots, then one step: on a CPU five batches of 32 run 1.4x faster than one of 160,
-    and a backward per task holds one task's activations at a time instead of all of them (a 4-task LoRA step on
-    the 2-core VM: 1.88 s against 2.25 s for one backward of the summed losses; 1.81 s against 1.90 s with the
-    freed memory kept in the heap, as `adapterbank train` keeps it)."""
+    gradients adding up in the slots, then one step: a backward per task holds one task's activations at a time and
+    was the fastest of the step variants measured (docs/benchmarks.md#suite-training)."""
     tick = time.perf_counter()
     active = [t for t in group.tasks if t.active]
     _set_rates(group)
-    losses, correct, labels = [], 0, []
+    summed, correct, labels = 0.0, 0, []
     for index, (task, (_, images, task_labels)) in enumerate(zip(active, _next_batches(group, active), strict=True)):
         inputs, task_targets = task.objective.prepare(images.to(group.device), task_labels.to(group.device))
         slots = torch.full((len(images),), task.slot, dtype=torch.long, device=group.device)
@@ -403,7 +401,7 @@ def _step(group: Group) -> None:
         # processes average the gradients once, after the step's last backward
         with group.engine.no_sync() if index < len(active) - 1 else contextlib.nullcontext():
             group.engine.backward(loss)
-        losses.append(loss.item())
+        summed = summed + loss.detach()  # read once, after the step: no host sync per task
         correct += int((rows.argmax(-1).cpu() == task_labels).sum())
         labels.append(task_labels)
     group.engine.step()
@@ -412,7 +410,7 @@ def _step(group: Group) -> None:
         group.ema.update(group.step)
     count = sum(len(x) for x in labels)
     rate = count * group.info.world_size / max(time.perf_counter() - tick, 1e-9)
-    group.reporter.step(group.step, sum(losses) / len(active), correct / count, rate)
+    group.reporter.step(group.step, float(summed) / len(active), correct / count, rate)
     ended = False
     for task in active:
         task.state["step"] += 1
