@@ -49,15 +49,16 @@ class LowRankDelta(PointwiseDelta):
         b = x.shape[0]
         down, up = self._factors(self.router.rows(b), b)
         x = self.dropout(x)
-        if self.channels_first:  # (b, C, H, W): products over the channel axis, no layout change
+        if self.channels_first and not x.is_contiguous(memory_format=torch.channels_last):
+            # (b, C, H, W) stored channels first: products over the channel axis, no layout change
             low = torch.bmm(down, x.reshape(b, self.in_features, -1))
-            y3, left, right = y.reshape(b, y.shape[1], -1), up, low
-        else:
-            low = torch.bmm(x.reshape(b, -1, self.in_features), down.transpose(1, 2))
-            y3, left, right = y.reshape(b, -1, y.shape[-1]), low, up.transpose(1, 2)
-        if torch.is_grad_enabled():
-            return torch.baddbmm(y3, left, right).reshape(y.shape)
-        return y3.baddbmm_(left, right).reshape(y.shape)
+            return _accumulate(y.reshape(b, y.shape[1], -1), up, low).reshape(y.shape)
+        # channel-last rows: a Linear's (b, ..., C), or a conv's (b, C, H, W) stored channels last, whose
+        # (b, H, W, C) permutation is a view; the sum keeps that layout
+        x_last, y_last = (x.permute(0, 2, 3, 1), y.permute(0, 2, 3, 1)) if self.channels_first else (x, y)
+        low = torch.bmm(x_last.reshape(b, -1, self.in_features), down.transpose(1, 2))
+        out = _accumulate(y_last.reshape(b, -1, y_last.shape[-1]), low, up.transpose(1, 2)).reshape(y_last.shape)
+        return out.permute(0, 3, 1, 2) if self.channels_first else out
 
     def _factors(self, rows: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row: A as (splits * r, in) and scale * B as (out, splits * r), block-diagonal over the splits (q, k, v
@@ -78,6 +79,13 @@ class LowRankDelta(PointwiseDelta):
     def delta_weight(self, task: int) -> torch.Tensor:
         blocks = torch.einsum("smr,srn->smn", self.lora_B[task].float(), self.lora_A[task].float())
         return blocks.reshape(-1, self.in_features) * self.scale
+
+
+def _accumulate(y3: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """y3 + left @ right, in place when no gradient is recorded (inference)."""
+    if torch.is_grad_enabled():
+        return torch.baddbmm(y3, left, right)
+    return y3.baddbmm_(left, right)
 
 
 class LoRA(Method):
