@@ -208,6 +208,37 @@ def train_memory(
     console.print(table)
 
 
+@app.command("layout")
+def layout(
+    backbone: str = typer.Option("tf_efficientnet_lite0", help="timm name of a CNN."),
+    methods: str = typer.Option("linear,full,bitfit,ssf,lora,snell,adapter"),
+    batch: int = typer.Option(32, min=1),
+    image_size: int = typer.Option(112, "--image-size", min=16),
+    rounds: int = typer.Option(8, min=1, help="Timed rounds per layout (interleaved, after two untimed)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Also print a Markdown table."),
+) -> None:
+    """Images stored channels first against channels last (what a CNN trains and serves on): step times."""
+    from adapterbank.benchmarks.memory_layout import memory_layout
+
+    rows = memory_layout(backbone, [m for m in methods.split(",") if m], batch, image_size, rounds)
+    header = ["method", "train step NCHW s", "train step NHWC s", "train speed-up", "forward NCHW s",
+              "forward NHWC s", "forward speed-up", "max logit diff"]  # fmt: skip
+    cells = [
+        [r.method, f"{r.train_first_s:.3f}", f"{r.train_last_s:.3f}", f"{r.train_first_s / r.train_last_s:.2f}x",
+         f"{r.eval_first_s:.3f}", f"{r.eval_last_s:.3f}", f"{r.eval_first_s / r.eval_last_s:.2f}x",
+         f"{r.max_logit_diff:.1e}"]
+        for r in rows
+    ]  # fmt: skip
+    table = Table(*header)
+    for row in cells:
+        table.add_row(*row)
+    table.caption = f"{backbone}, batch {batch}, {image_size} px, median of {rounds} interleaved rounds"
+    console.print(table)
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        typer.echo("\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]))
+
+
 @app.command("http")
 def http(
     backbone: str = typer.Option("tf_efficientnet_lite0", help="timm name; 'packaged' weights when it has them."),

@@ -103,6 +103,15 @@ def test_bench_train_memory_runs() -> None:
     assert "x LoRA memory" in result.stdout and "snell" in result.stdout
 
 
+def test_bench_layout_times_both_layouts_of_the_same_model() -> None:
+    args = ["bench", "layout", "--methods", "ssf,lora", "--batch", "2", "--image-size", "32", "--rounds", "1"]
+    result = cli_in_process(*args, "--markdown")
+    assert result.returncode == 0, result.stderr[-1500:]
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith(("| ssf", "| lora"))]
+    assert [row[0] for row in rows] == ["| ssf", "| lora"]
+    assert all(float(row[-1].rstrip(" |")) < 1e-4 for row in rows)  # the same logits in either layout
+
+
 @pytest.mark.slow
 def test_bench_serve_runs() -> None:
     result = run_cli(
