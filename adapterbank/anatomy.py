@@ -34,6 +34,13 @@ def family_of(model: nn.Module) -> Family:
     return "cnn"
 
 
+def is_convolutional(model: nn.Module) -> bool:
+    """A generic CNN: convolutions throughout, which run faster on channels-last images. ConvNeXt's blocks already
+    compute channel-last (no gain measured), and a transformer outside the named families (EVA, BEiT, a Mixer)
+    has one convolution, its patch embedding."""
+    return family_of(model) == "cnn" and sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
+
+
 def has_fixed_input_size(model: nn.Module) -> bool:
     """Whether the backbone's weights are tied to one input size (then tasks of other sizes need their own copy of
     the size-dependent tensors; CNNs and ConvNeXt take any size as they are)."""

@@ -15,6 +15,7 @@ from adapterbank.methods.lora import LowRankDelta
 from tests.helpers import assert_close_relative, images
 
 CNN = "tf_efficientnet_lite0"
+LAST = torch.channels_last
 CLASSES = [5, 3]
 TASK_IDS = torch.tensor([1, 0, 1])
 
@@ -48,9 +49,27 @@ def test_channels_last_computes_what_channels_first_does(method: str, mixed: boo
         assert_close_relative(last_grads[name], grad, tol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["bitfit", "ssf", "lora", "snell", "adapter"])
+def test_every_convolution_of_a_training_cnn_sees_channels_last(method: str) -> None:
+    """The layout reaches every layer: no method's module converts the feature maps back to channels first."""
+    model = tune(CNN, method, CLASSES).train()
+    convolutions = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    layouts: list[bool] = []
+    hooks = [
+        c.register_forward_pre_hook(lambda _, args: layouts.append(args[0].is_contiguous(memory_format=LAST)))
+        for c in convolutions
+    ]
+    try:
+        model(images(2), torch.tensor([0, 1])).sum().backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(layouts) == len(convolutions) and all(layouts)
+
+
 def test_lora_keeps_the_channels_last_layout() -> None:
     model = tune(CNN, "lora", CLASSES).eval()
-    delta = next(m for _, m in model.named_modules() if isinstance(m, LowRankDelta) and m.channels_first)
+    delta = next(m for _, m in model.named_modules() if isinstance(m, LowRankDelta) and m.is_conv)
     x = torch.randn(2, delta.in_features, 7, 7).contiguous(memory_format=torch.channels_last)
     for task_ids in (None, torch.tensor([0, 1])):
         for training in (True, False):  # a new sum (autograd) or the base product's output updated in place

@@ -11,7 +11,7 @@ from adapterbank import AdapterBankError
 from adapterbank.method_names import METHOD_NAMES
 from adapterbank.recipes import load_recipe
 from adapterbank.training.settings import resolve
-from tests.helpers import SHARED_DATA, cli_in_process, run_cli
+from tests.helpers import SHARED_DATA, assert_one_line_error, cli_in_process, run_cli
 
 
 def test_vtab_recipe_follows_snell_script_and_flags_override() -> None:
@@ -110,6 +110,8 @@ def test_bench_layout_times_both_layouts_of_the_same_model() -> None:
     rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith(("| ssf", "| lora"))]
     assert [row[0] for row in rows] == ["| ssf", "| lora"]
     assert all(float(row[-1].rstrip(" |")) < 1e-4 for row in rows)  # the same logits in either layout
+    refused = cli_in_process(*args, "--backbone", "vit_tiny_patch16_224")
+    assert_one_line_error(refused, "keeps channels first")
 
 
 @pytest.mark.slow

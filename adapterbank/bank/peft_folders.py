@@ -39,7 +39,7 @@ def _meta_lora(arch: str, rank: int, num_classes: int) -> TunedModel:
 
 def _conv_paths(model: TunedModel) -> set[str]:
     """Paths of the LoRA-wrapped 1x1 convs: PEFT stores their factors as (r, n, 1, 1) conv kernels."""
-    return {p for p, m in model.model.named_modules() if isinstance(m, PointwiseDelta) and m.channels_first}
+    return {p for p, m in model.model.named_modules() if isinstance(m, PointwiseDelta) and m.is_conv}
 
 
 def _pointwise(weight: np.ndarray, conv: bool) -> np.ndarray:

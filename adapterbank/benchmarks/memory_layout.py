@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from adapterbank.benchmarks.timing import interleaved_medians
+from adapterbank.errors import AdapterBankError
 from adapterbank.tuned import TunedModel, tune
 
 _LAYOUTS = (("first", False), ("last", True))
@@ -47,6 +48,8 @@ def memory_layout(arch: str, methods: Sequence[str], batch: int, size: int, roun
 def _measure(arch: str, method: str, batch: int, size: int, rounds: int) -> LayoutRow:
     torch.manual_seed(0)
     model = tune(arch, method, 10)
+    if not model.channels_last:
+        raise AdapterBankError(f"{arch} keeps channels first (ViT, Swin, ConvNeXt): bench layout compares a CNN's")
     images, labels = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
     model.train()
     train = interleaved_medians(

@@ -49,16 +49,16 @@ class LowRankDelta(PointwiseDelta):
         b = x.shape[0]
         down, up = self._factors(self.router.rows(b), b)
         x = self.dropout(x)
-        if self.channels_first and not x.is_contiguous(memory_format=torch.channels_last):
+        if self.is_conv and not x.is_contiguous(memory_format=torch.channels_last):
             # (b, C, H, W) stored channels first: products over the channel axis, no layout change
             low = torch.bmm(down, x.reshape(b, self.in_features, -1))
             return _accumulate(y.reshape(b, y.shape[1], -1), up, low).reshape(y.shape)
         # channel-last rows: a Linear's (b, ..., C), or a conv's (b, C, H, W) stored channels last, whose
         # (b, H, W, C) permutation is a view; the sum keeps that layout
-        x_last, y_last = (x.permute(0, 2, 3, 1), y.permute(0, 2, 3, 1)) if self.channels_first else (x, y)
+        x_last, y_last = (x.permute(0, 2, 3, 1), y.permute(0, 2, 3, 1)) if self.is_conv else (x, y)
         low = torch.bmm(x_last.reshape(b, -1, self.in_features), down.transpose(1, 2))
         out = _accumulate(y_last.reshape(b, -1, y_last.shape[-1]), low, up.transpose(1, 2)).reshape(y_last.shape)
-        return out.permute(0, 3, 1, 2) if self.channels_first else out
+        return out.permute(0, 3, 1, 2) if self.is_conv else out
 
     def _factors(self, rows: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row: A as (splits * r, in) and scale * B as (out, splits * r), block-diagonal over the splits (q, k, v

@@ -25,12 +25,12 @@ class PointwiseDelta(TaskModule):
         if total_out % splits:
             raise ValueError(f"{total_out} outputs do not split into {splits} equal blocks")
         self.block_out = total_out // splits
-        self.channels_first = isinstance(base, nn.Conv2d)
+        self.is_conv = isinstance(base, nn.Conv2d)  # (b, C, H, W) in either memory layout; a Linear: (b, ..., C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         rows = self.router.rows(x.shape[0])
-        if self.channels_first:
+        if self.is_conv:
             return y + self.delta(x.movedim(1, -1), rows).movedim(-1, 1)
         return y + self.delta(x, rows)
 
@@ -56,6 +56,6 @@ class PointwiseDelta(TaskModule):
 
     def merged_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The base layer computed with `weight` in place of its own (targets are Linear or 1x1 stride-1 convs)."""
-        if self.channels_first:
+        if self.is_conv:
             return F.conv2d(x, weight, self.base.bias)
         return F.linear(x, weight, self.base.bias)
