@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.output import console
+from cli.output import console, markdown_table
 from cli.ownership import owned_heap
 
 app = typer.Typer(help="Benchmarks measured side by side in one run.", no_args_is_help=True, rich_markup_mode=None)
@@ -88,10 +88,7 @@ def accuracy(
             old.stop()
     linear = {row.task: row.accuracy for row in rows if row.method == "linear"}
     table = Table("task", "method", "test accuracy", "n", "values / task", "bank bytes", "train time", "vs linear")
-    lines = [
-        "| task | method | test accuracy | values / task | bank bytes | train time | vs linear |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    markdown_rows = []
     for row in rows:
         delta = (
             ""
@@ -109,10 +106,11 @@ def accuracy(
             delta,
         ]
         table.add_row(*cells)
-        lines.append("| " + " | ".join(cells[:3] + cells[4:]) + " |")
+        markdown_rows.append(cells[:3] + cells[4:])
     console.print(table)
     if markdown:
-        typer.echo("\n".join(lines))
+        header = ["task", "method", "test accuracy", "values / task", "bank bytes", "train time", "vs linear"]
+        typer.echo(markdown_table(header, markdown_rows))
 
 
 @app.command("suite")
@@ -146,7 +144,7 @@ def suite(
     with console.status("training: separate runs, then the suite, per method"):
         rows, timings = suite_benchmark(data, workdir, names, chosen, recipe, backbone, checkpoint, sampling)
     accuracy = Table("method", "task", "separate", "suite", "suite - separate")
-    lines = ["| method | task | separate | suite | suite - separate |", "|---|---|---|---|---|"]
+    accuracy_rows = []
     for row in rows:
         cells = [
             row.method,
@@ -156,18 +154,20 @@ def suite(
             f"{100 * (row.suite_accuracy - row.separate_accuracy):+.1f} pt",
         ]
         accuracy.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
+        accuracy_rows.append(cells)
     timing = Table("method", "separate runs", "one suite", "suite / separate")
-    lines += ["", "| method | separate runs | one suite | suite / separate |", "|---|---|---|---|"]
+    timing_rows = []
     for t in timings:
         cells = [t.method, f"{t.separate_seconds:.0f} s", f"{t.suite_seconds:.0f} s",
                  f"{t.suite_seconds / t.separate_seconds:.2f}x"]  # fmt: skip
         timing.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
+        timing_rows.append(cells)
     console.print(accuracy)
     console.print(timing)
     if markdown:
-        typer.echo("\n".join(lines))
+        accuracy_md = markdown_table(["method", "task", "separate", "suite", "suite - separate"], accuracy_rows)
+        timing_md = markdown_table(["method", "separate runs", "one suite", "suite / separate"], timing_rows)
+        typer.echo(f"{accuracy_md}\n\n{timing_md}")
 
 
 @app.command("train-memory")
@@ -235,8 +235,7 @@ def layout(
     table.caption = f"{backbone}, batch {batch}, {image_size} px, median of {rounds} interleaved rounds"
     console.print(table)
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        typer.echo("\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]))
+        typer.echo(markdown_table(header, cells))
 
 
 @app.command("http")
@@ -266,11 +265,7 @@ def http(
     )  # fmt: skip
     cross, alone = ({r.clients: r for r in rows if r.mode == mode} for mode in MODES)
     table = Table("clients", "cross-task img/s", "one-at-a-time img/s", "ratio", "cross p50/p99 ms", "one p50/p99 ms")
-    lines = [
-        "| clients | cross-task img/s | one task at a time img/s | ratio | cross-task p50 ms | cross-task p99 ms "
-        "| one at a time p50 ms | one at a time p99 ms |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    markdown_rows = []
     for count in counts:
         a, b = cross[count], alone[count]
         ratio = f"{a.images_per_s / b.images_per_s:.2f}x"
@@ -280,14 +275,16 @@ def http(
         )  # fmt: skip
         cells = [count, f"{a.images_per_s:.1f}", f"{b.images_per_s:.1f}", ratio]
         cells += [f"{a.p50_ms:.0f}", f"{a.p99_ms:.0f}", f"{b.p50_ms:.0f}", f"{b.p99_ms:.0f}"]
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
+        markdown_rows.append(cells)
     table.caption = (
         f"{backbone} at {image_size} px, {method}, {tasks} tasks, {backend}, max batch {max_batch}, "
         f"wait {batch_wait_ms:g} ms, {seconds:g} s per point"
     )
     console.print(table)
     if markdown:
-        typer.echo("\n".join(lines))
+        header = ["clients", "cross-task img/s", "one task at a time img/s", "ratio", "cross-task p50 ms",
+                  "cross-task p99 ms", "one at a time p50 ms", "one at a time p99 ms"]  # fmt: skip
+        typer.echo(markdown_table(header, markdown_rows))
 
 
 @app.command("serve")
